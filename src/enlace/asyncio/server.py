@@ -1,0 +1,324 @@
+"""The asyncio runtime's TCP server, built on :class:`asyncio.Protocol`.
+
+Protocols rather than streams: no task per connection and no intermediate
+``StreamReader`` buffer, so each chunk of bytes goes from the loop straight to
+the service's handler. Replies written during one callback leave in a single
+``transport.write``. Backpressure is explicit: when a client does not read, its
+transport pauses writing and we pause reading from it, so a client that sends
+without reading cannot make the server buffer without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from types import TracebackType
+from typing import cast
+
+from enlace.exceptions import EnlaceError
+from enlace.limits import DRAIN_TIMEOUT, IDLE_TIMEOUT, MAX_CONNECTIONS, WRITE_BUFFER_HIGH
+from enlace.logs import log_closed, log_refused, logger_for
+from enlace.services.base import StreamHandler, StreamService
+from enlace.sockets import listen_tcp, peer_address
+
+__all__ = ["Server"]
+
+# See enlace.sync.server: read and discard for a moment after closing, so our
+# last reply is not destroyed by a reset.
+_LINGER_TIMEOUT = 2.0
+_LINGER_BYTES = 1024 * 1024
+
+
+class _Connection(asyncio.Protocol):
+    """One client: the loop's callbacks in, the service handler's Transport out."""
+
+    def __init__(self, server: Server) -> None:
+        self._server = server
+        self._loop = server._loop
+        self._transport: asyncio.Transport | None = None
+        self._handler: StreamHandler | None = None
+        self._peer: tuple[str, int] = ("?", 0)
+        self._corked: list[bytes] | None = None
+        self._closing = False
+        self._eof = False
+        self._discarded = 0  # bytes thrown away while lingering
+        self._refused = False
+        self._reason = "closed by client"
+        self._started = time.monotonic()
+        self._last_activity = self._loop.time()
+        self._timer: asyncio.TimerHandle | None = None
+        self.bytes_in = 0
+        self.bytes_out = 0
+
+    # -- Transport (what the handler calls) ----------------------------------
+
+    @property
+    def peer(self) -> tuple[str, int]:
+        return self._peer
+
+    def write(self, data: bytes) -> None:
+        if not data or self._closing:
+            return
+        self.bytes_out += len(data)
+        if self._corked is not None:
+            self._corked.append(data)
+        elif self._transport is not None:
+            self._transport.write(data)
+
+    def close(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        if self._corked is None:
+            self._shut()
+        # else: _call() shuts after sending what the callback wrote
+
+    # -- asyncio.Protocol (what the loop calls) ------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport = cast(asyncio.Transport, transport)
+        self._peer = peer_address(transport.get_extra_info("peername"))
+        server = self._server
+        server._connections.add(self)
+        if server.max_connections is not None and server._active >= server.max_connections:
+            self._refuse()
+            return
+        server._active += 1
+        transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)
+        if server.idle_timeout is not None:
+            self._timer = self._loop.call_later(server.idle_timeout, self._check_idle)
+        try:
+            self._handler = server.service.handler()
+        except Exception:
+            server.logger.exception("could not set up a connection from %s", self._peer)
+            self._reason = "setup error"
+            transport.abort()
+            return
+        self._call(self._handler.connection_made, self)
+
+    def data_received(self, data: bytes) -> None:
+        if self._closing:
+            self._discard(len(data))
+            return
+        self.bytes_in += len(data)
+        self._last_activity = self._loop.time()
+        assert self._handler is not None
+        self._call(self._handler.data_received, data)
+
+    def eof_received(self) -> bool:
+        self._eof = True
+        if self._closing:
+            if self._transport is not None:
+                self._transport.close()
+            return True
+        assert self._handler is not None
+        self._call(self._handler.eof_received)
+        # Keep the transport: the handler closes it once its replies are written.
+        return True
+
+    def pause_writing(self) -> None:
+        if self._transport is not None and not self._closing:
+            self._transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self._transport is not None and not self._closing:
+            self._transport.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        server = self._server
+        server._connections.discard(self)
+        if not server._connections and server._drained is not None:
+            server._drained.set()
+        if self._refused:
+            return
+        server._active -= 1
+        if exc is not None:
+            self._reason = f"connection lost: {getattr(exc, 'strerror', None) or exc}"
+        if self._handler is not None:
+            try:
+                self._handler.connection_lost(exc)
+            except Exception:
+                server.logger.exception("error in connection_lost on %s", self._peer)
+        log_closed(
+            server.logger,
+            self._peer,
+            bytes_in=self.bytes_in,
+            bytes_out=self.bytes_out,
+            duration=time.monotonic() - self._started,
+            reason=self._reason,
+        )
+
+    # -- internals -------------------------------------------------------------
+
+    def _call(self, callback: Callable[..., None], *args: object) -> None:
+        """Run a handler callback with writes corked, then send them in one go."""
+        self._corked = []
+        try:
+            callback(*args)
+        except Exception as exc:  # a handler bug must cost one connection, not the server
+            self._server.logger.exception("handler error on %s", self._peer)
+            self._reason = f"handler error: {exc!r}"
+            self._closing = True
+        finally:
+            corked, self._corked = self._corked, None
+            transport = self._transport
+            if corked and transport is not None:
+                transport.write(corked[0] if len(corked) == 1 else b"".join(corked))
+            if self._closing:
+                self._shut()
+
+    def _shut(self) -> None:
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        if self._reason == "closed by client":
+            self._reason = "done" if self._eof else "closed by server"
+        if self._eof or not transport.can_write_eof():
+            transport.close()
+            return
+        # Lingering close: send our FIN after the pending replies, keep reading
+        # (and discarding) until the client's FIN or a short deadline.
+        transport.write_eof()
+        transport.resume_reading()
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self._loop.call_later(_LINGER_TIMEOUT, transport.close)
+
+    def _discard(self, size: int) -> None:
+        self._discarded += size
+        if self._discarded > _LINGER_BYTES and self._transport is not None:
+            self._transport.close()
+
+    def _check_idle(self) -> None:
+        timeout = self._server.idle_timeout
+        assert timeout is not None
+        idle_until = self._last_activity + timeout
+        if self._loop.time() >= idle_until:
+            self._reason = "idle timeout"
+            self._closing = True
+            if self._eof and self._transport is not None:
+                self._transport.abort()
+            else:
+                self._shut()
+        else:
+            self._timer = self._loop.call_at(idle_until, self._check_idle)
+
+    def _refuse(self) -> None:
+        assert self._transport is not None
+        self._refused = True
+        self._closing = True
+        reason = f"server busy: {self._server.max_connections} connections already"
+        log_refused(self._server.logger, self._peer, reason)
+        self._transport.write(self._server.service.refusal(reason))
+        self._shut()
+
+
+class Server:
+    """Serve a :class:`~enlace.services.base.StreamService` on the running event loop.
+
+    Use it as an async context manager, or call :meth:`start` and :meth:`shutdown`::
+
+        async with Server(EchoService(), "127.0.0.1", 6543) as server:
+            await server.serve_forever()
+    """
+
+    def __init__(
+        self,
+        service: StreamService,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        max_connections: int | None = MAX_CONNECTIONS,
+        idle_timeout: float | None = IDLE_TIMEOUT,
+        drain_timeout: float | None = DRAIN_TIMEOUT,
+        backlog: int = 128,
+    ) -> None:
+        self.service = service
+        self.host = host
+        self.port = port
+        self.max_connections = max_connections
+        self.idle_timeout = idle_timeout
+        self.drain_timeout = drain_timeout
+        self.backlog = backlog
+        self.logger: logging.Logger = logger_for(service.name)
+        self._server: asyncio.Server | None = None
+        self._connections: set[_Connection] = set()
+        self._active = 0  # connections counted against max_connections (not refused ones)
+        self._drained: asyncio.Event | None = None
+        self._stopped: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The address actually listened on (the real port when 0 was asked for)."""
+        if self._server is None or not self._server.sockets:
+            raise EnlaceError("the server is not started")
+        return peer_address(self._server.sockets[0].getsockname())
+
+    @property
+    def connection_count(self) -> int:
+        """Connections being served right now."""
+        return self._active
+
+    async def start(self) -> None:
+        """Listen and start accepting; returns once the port is open."""
+        if self._server is not None:
+            return
+        self._loop = asyncio.get_running_loop()
+        self._stopped = asyncio.Event()
+        sock = listen_tcp(self.host, self.port, backlog=self.backlog)
+        self._server = await self._loop.create_server(
+            lambda: _Connection(self), sock=sock, backlog=self.backlog
+        )
+
+    async def serve_forever(self) -> None:
+        """Start if needed, then wait until :meth:`shutdown` is called."""
+        await self.start()
+        assert self._stopped is not None
+        await self._stopped.wait()
+
+    async def shutdown(self, drain_timeout: float | None = -1.0) -> None:
+        """Stop accepting, let connections finish, then close the rest.
+
+        ``drain_timeout`` defaults to the server's; ``None`` waits for ever.
+        """
+        if self._server is None:
+            return
+        if drain_timeout is not None and drain_timeout < 0:
+            drain_timeout = self.drain_timeout
+        self._server.close()
+        if self._connections:
+            self._drained = asyncio.Event()
+            try:
+                await asyncio.wait_for(self._drained.wait(), drain_timeout)
+            except TimeoutError:
+                for connection in list(self._connections):
+                    connection._reason = "server shutting down"
+                    connection.close()
+                self._drained.clear()
+                if self._connections:
+                    try:
+                        await asyncio.wait_for(self._drained.wait(), _LINGER_TIMEOUT + 1.0)
+                    except TimeoutError:
+                        for connection in list(self._connections):
+                            if connection._transport is not None:
+                                connection._transport.abort()
+        await self._server.wait_closed()
+        assert self._stopped is not None
+        self._stopped.set()
+
+    async def __aenter__(self) -> Server:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.shutdown()

@@ -1,0 +1,190 @@
+"""The ``enlace`` command: ``up``, ``serve NAME``, ``connect``.
+
+Errors a user can cause (port in use, bad address, connection refused) print
+one line, ``enlace: <what went wrong>``, on standard error and exit 1; usage
+errors exit 2. No traceback reaches the user for those.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from enlace import __version__
+from enlace.addresses import format_address, parse_address
+from enlace.cli.catalog import CATALOG, ServiceEntry
+from enlace.cli.connect import connect_tcp_stdio, connect_udp_stdio
+from enlace.cli.options import optional_number, server_options
+from enlace.cli.runner import Launch, Runtime, describe, run_servers
+from enlace.exceptions import EnlaceError
+from enlace.limits import MAX_DATAGRAM
+
+__all__ = ["main"]
+
+_EXIT_ERROR = 1
+_EXIT_INTERRUPTED = 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="enlace",
+        description="Client-server networking: classic socket services, clients, and more.",
+    )
+    parser.add_argument("--version", action="version", version=f"enlace {__version__}")
+    parser.add_argument(
+        "--log-level",
+        default="info",
+        choices=("debug", "info", "warning", "error"),
+        help="what to log on standard error (default info: one line per connection)",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    up = commands.add_parser(
+        "up",
+        help="run every service at once",
+        description="Run every service at once, print what listens where, "
+        "and stop them all on Ctrl-C or SIGTERM.",
+    )
+    up.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    up.add_argument(
+        "--any-port",
+        action="store_true",
+        help="let the system pick free ports instead of the default ones",
+    )
+    up.add_argument("--runtime", choices=("asyncio", "threads"), default="asyncio")
+    up.set_defaults(handler=_cmd_up)
+
+    serve = commands.add_parser("serve", help="run one service", description="Run one service.")
+    services = serve.add_subparsers(dest="service", required=True, metavar="SERVICE")
+    for entry in CATALOG.values():
+        sub = services.add_parser(entry.name, help=entry.summary, description=entry.summary)
+        server_options(sub, default_port=entry.port, udp=entry.transport == "udp")
+        entry.add_options(sub)
+        sub.set_defaults(handler=_cmd_serve, entry=entry)
+
+    connect = commands.add_parser(
+        "connect",
+        help="netcat-like client: stdin to the socket, the socket to stdout",
+        description="Copy standard input to HOST PORT and what comes back to standard output. "
+        "At end of input, TCP half-closes and still prints the rest of the reply.",
+    )
+    connect.add_argument("target", nargs="+", metavar="HOST PORT", help="HOST PORT or HOST:PORT")
+    connect.add_argument("--udp", action="store_true", help="send each line as a UDP datagram")
+    connect.add_argument(
+        "--wait",
+        type=float,
+        default=1.0,
+        metavar="SECONDS",
+        help="UDP: after end of input, how long to wait for missing replies (default 1)",
+    )
+    connect.add_argument(
+        "--connect-timeout",
+        type=optional_number(float),
+        default=10.0,
+        metavar="SECONDS",
+        help="TCP: give up connecting after this long (default 10)",
+    )
+    connect.set_defaults(handler=_cmd_connect)
+    return parser
+
+
+def _launch(entry: ServiceEntry, args: argparse.Namespace, host: str, port: int) -> Launch:
+    return Launch(
+        name=entry.name,
+        service=entry.build(args),
+        host=host,
+        port=port,
+        max_connections=getattr(args, "max_connections", "default"),
+        idle_timeout=getattr(args, "idle_timeout", 300.0),
+        drain_timeout=getattr(args, "drain_timeout", 10.0),
+        max_datagram=getattr(args, "max_datagram", MAX_DATAGRAM),
+    )
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    entry: ServiceEntry = args.entry
+    runtime: Runtime = args.runtime
+
+    def announce(started: list[tuple[Launch, tuple[str, int]]]) -> None:
+        for launch, address in started:
+            print(f"enlace: {describe(launch, address, runtime)}", flush=True)
+            print(f"  try it: {entry.try_it.format(host=address[0], port=address[1])}", flush=True)
+
+    return run_servers([_launch(entry, args, args.host, args.port)], runtime, announce)
+
+
+def _cmd_up(args: argparse.Namespace) -> int:
+    runtime: Runtime = args.runtime
+    launches = [
+        _launch(entry, args, args.host, 0 if args.any_port else entry.port)
+        for entry in CATALOG.values()
+    ]
+
+    def announce(started: list[tuple[Launch, tuple[str, int]]]) -> None:
+        rows = [("service", "listens on", "try it")]
+        for launch, address in started:
+            entry = CATALOG[launch.name]
+            rows.append(
+                (
+                    launch.name,
+                    f"{launch.transport} {format_address(*address)}",
+                    entry.try_it.format(host=address[0], port=address[1]),
+                )
+            )
+        widths = [max(len(row[i]) for row in rows) for i in range(2)]
+        print(f"enlace is up ({runtime} runtime). Ctrl-C stops everything.\n", flush=True)
+        for name, where, try_it in rows:
+            print(f"  {name:<{widths[0]}}  {where:<{widths[1]}}  {try_it}")
+        print(flush=True)
+
+    return run_servers(launches, runtime, announce)
+
+
+def _connect_target(words: list[str]) -> tuple[str, int]:
+    """``HOST PORT`` or ``HOST:PORT`` (``[::1]:8080`` and ``::1 8080`` too)."""
+    if len(words) == 1:
+        return parse_address(words[0])
+    if len(words) == 2:
+        host = f"[{words[0]}]" if ":" in words[0] else words[0]
+        return parse_address(f"{host}:{words[1]}")
+    raise ValueError("expected HOST PORT or HOST:PORT")
+
+
+def _cmd_connect(args: argparse.Namespace) -> int:
+    try:
+        host, port = _connect_target(args.target)
+    except ValueError as exc:
+        print(f"enlace connect: {exc}", file=sys.stderr)
+        return 2
+    if args.udp:
+        return connect_udp_stdio(
+            host, port, stdin=sys.stdin.buffer, stdout=sys.stdout.buffer, wait=args.wait
+        )
+    return connect_tcp_stdio(
+        host,
+        port,
+        stdin=sys.stdin.buffer,
+        stdout=sys.stdout.buffer,
+        connect_timeout=args.connect_timeout,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the ``enlace`` command; return its exit code."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return int(args.handler(args))
+    except EnlaceError as exc:
+        print(f"enlace: {exc}", file=sys.stderr)
+        return _EXIT_ERROR
+    except KeyboardInterrupt:
+        return _EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # Our output was closed (`enlace connect ... | head`): not an error worth a line.
+        return 0

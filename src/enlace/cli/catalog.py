@@ -1,0 +1,123 @@
+"""The catalog of services the ``enlace`` command can run: names, ports, options.
+
+``enlace serve NAME`` runs one entry, ``enlace up`` runs them all. An entry
+says how to build its service from the parsed command line, which port it
+uses by default, and a one-line "try it" for people who just started it.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+from enlace.cli.options import optional_number
+from enlace.limits import MAX_DATAGRAM, MAX_FRAME
+from enlace.services import (
+    DatagramService,
+    EchoService,
+    GreetService,
+    StreamService,
+    UdpEchoService,
+    UpperService,
+)
+
+__all__ = ["CATALOG", "ServiceEntry"]
+
+
+@dataclass(frozen=True)
+class ServiceEntry:
+    """One service the command can run."""
+
+    name: str
+    port: int
+    transport: Literal["tcp", "udp"]
+    summary: str
+    #: Shell line to try the service; ``{host}`` and ``{port}`` are filled in.
+    try_it: str
+    build: Callable[[argparse.Namespace], StreamService | DatagramService]
+    add_options: Callable[[argparse.ArgumentParser], None] = lambda parser: None
+
+
+def _echo_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--framed",
+        action="store_true",
+        help="echo 4-byte big-endian length-prefixed frames instead of a byte stream",
+    )
+    parser.add_argument(
+        "--max-frame",
+        type=optional_number(int),
+        default=MAX_FRAME,
+        metavar="BYTES",
+        help=f"largest frame payload with --framed (default {MAX_FRAME}; 'none' disables)",
+    )
+
+
+def _greet_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--message",
+        default="Hola nuevo amigo!",
+        help="the greeting after the client's number (default: %(default)s)",
+    )
+
+
+def _udp_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--max-datagram",
+        type=optional_number(int),
+        default=MAX_DATAGRAM,
+        metavar="BYTES",
+        help=f"largest datagram answered (default {MAX_DATAGRAM}); larger ones get an error",
+    )
+
+
+def _option(args: argparse.Namespace, name: str, default: object) -> object:
+    # `enlace up` has no per-service options, so each builder falls back to its default.
+    return getattr(args, name, default)
+
+
+CATALOG: dict[str, ServiceEntry] = {
+    entry.name: entry
+    for entry in (
+        ServiceEntry(
+            name="upper",
+            port=8000,
+            transport="tcp",
+            summary="raw TCP: sends back the text upper-cased",
+            try_it="echo 'hola servidor' | enlace connect {host} {port}",
+            build=lambda args: UpperService(),
+        ),
+        ServiceEntry(
+            name="echo",
+            port=6543,
+            transport="tcp",
+            summary="raw TCP echo, streaming; half-close works; --framed echoes frames",
+            try_it="echo hola | enlace connect {host} {port}",
+            build=lambda args: EchoService(
+                framed=bool(_option(args, "framed", False)),
+                max_frame=_option(args, "max_frame", MAX_FRAME),  # type: ignore[arg-type]
+            ),
+            add_options=_echo_options,
+        ),
+        ServiceEntry(
+            name="greet",
+            port=10001,
+            transport="tcp",
+            summary="sends 'N. Hola nuevo amigo!' (N counts clients from 0) and closes",
+            try_it="enlace connect {host} {port}",
+            build=lambda args: GreetService(str(_option(args, "message", "Hola nuevo amigo!"))),
+            add_options=_greet_options,
+        ),
+        ServiceEntry(
+            name="udp",
+            port=15000,
+            transport="udp",
+            summary="UDP echo; a reply is never larger than its request",
+            try_it="echo hola | enlace connect --udp {host} {port}",
+            build=lambda args: UdpEchoService(),
+            add_options=_udp_options,
+        ),
+    )
+}

@@ -1,0 +1,155 @@
+"""Running servers from the command line until a signal: both runtimes, one behaviour.
+
+On SIGINT or SIGTERM every server stops accepting, connections get up to
+``--drain-timeout`` seconds to finish, and the process exits 0. A second
+signal during the drain stops at once (exit 130 for Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import enlace.asyncio
+import enlace.sync
+from enlace.addresses import format_address
+from enlace.exceptions import EnlaceError
+from enlace.limits import MAX_CONNECTIONS, MAX_CONNECTIONS_THREADS
+from enlace.services import DatagramService, StreamService
+
+__all__ = ["Launch", "Runtime", "describe", "run_servers"]
+
+Runtime = Literal["threads", "asyncio"]
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@dataclass
+class Launch:
+    """One server to start: which service, where, with which limits."""
+
+    name: str
+    service: StreamService | DatagramService
+    host: str
+    port: int
+    max_connections: int | Literal["default"] | None = "default"
+    idle_timeout: float | None = None
+    drain_timeout: float | None = None
+    max_datagram: int | None = None
+
+    @property
+    def transport(self) -> str:
+        return "udp" if isinstance(self.service, DatagramService) else "tcp"
+
+
+def _build_sync(launch: Launch) -> enlace.sync.Server | enlace.sync.DatagramServer:
+    if isinstance(launch.service, DatagramService):
+        return enlace.sync.DatagramServer(
+            launch.service, launch.host, launch.port, max_datagram=launch.max_datagram
+        )
+    return enlace.sync.Server(
+        launch.service, launch.host, launch.port, **_stream_limits(launch, MAX_CONNECTIONS_THREADS)
+    )
+
+
+def _build_async(launch: Launch) -> enlace.asyncio.Server | enlace.asyncio.DatagramServer:
+    if isinstance(launch.service, DatagramService):
+        return enlace.asyncio.DatagramServer(
+            launch.service, launch.host, launch.port, max_datagram=launch.max_datagram
+        )
+    return enlace.asyncio.Server(
+        launch.service, launch.host, launch.port, **_stream_limits(launch, MAX_CONNECTIONS)
+    )
+
+
+def _stream_limits(launch: Launch, default_cap: int) -> dict[str, Any]:
+    cap = default_cap if launch.max_connections == "default" else launch.max_connections
+    return {
+        "max_connections": cap,
+        "idle_timeout": launch.idle_timeout,
+        "drain_timeout": launch.drain_timeout,
+    }
+
+
+Announce = Callable[[list[tuple[Launch, tuple[str, int]]]], None]
+
+
+def run_servers(launches: list[Launch], runtime: Runtime, announce: Announce) -> int:
+    """Start every server, call ``announce`` with their real addresses, serve until a signal.
+
+    Raises :class:`EnlaceError` if a server cannot start (the others are stopped first).
+    """
+    if runtime == "asyncio":
+        return asyncio.run(_run_async(launches, announce))
+    return _run_threads(launches, announce)
+
+
+def _say_stopping() -> None:
+    print(
+        "enlace: stopping: no new connections; open ones may finish (Ctrl-C again to force)",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+async def _run_async(launches: list[Launch], announce: Announce) -> int:
+    servers: list[enlace.asyncio.Server | enlace.asyncio.DatagramServer] = []
+    try:
+        for launch in launches:
+            server = _build_async(launch)
+            await server.start()
+            servers.append(server)
+    except EnlaceError:
+        await asyncio.gather(*(server.shutdown(0) for server in servers))
+        raise
+    announce([(launch, server.address) for launch, server in zip(launches, servers, strict=True)])
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in _STOP_SIGNALS:
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    for signum in _STOP_SIGNALS:
+        # From now on the default handlers apply: a second Ctrl-C interrupts the drain.
+        loop.remove_signal_handler(signum)
+    _say_stopping()
+    await asyncio.gather(*(server.shutdown() for server in servers))
+    return 0
+
+
+def _run_threads(launches: list[Launch], announce: Announce) -> int:
+    servers: list[enlace.sync.Server | enlace.sync.DatagramServer] = []
+    try:
+        for launch in launches:
+            server = _build_sync(launch)
+            server.start()
+            servers.append(server)
+    except EnlaceError:
+        for server in servers:
+            server.shutdown(0)
+        raise
+    announce([(launch, server.address) for launch, server in zip(launches, servers, strict=True)])
+    stop = threading.Event()
+    previous = {signum: signal.signal(signum, lambda *_: stop.set()) for signum in _STOP_SIGNALS}
+    try:
+        stop.wait()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    _say_stopping()
+    # Drain all servers at once, so the total wait is one drain timeout, not one each.
+    threads = [threading.Thread(target=server.shutdown, daemon=True) for server in servers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return 0
+
+
+def describe(launch: Launch, address: tuple[str, int], runtime: Runtime) -> str:
+    """``upper listening on 127.0.0.1:8000 (tcp, asyncio runtime)``."""
+    where = format_address(*address)
+    return f"{launch.name} listening on {where} ({launch.transport}, {runtime} runtime)"

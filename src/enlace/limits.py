@@ -1,0 +1,56 @@
+"""Every default limit and timeout of enlace, each with the reason for its value.
+
+Limits are passed as keyword-only ``max_*`` arguments and timeouts as
+``*_timeout`` arguments in seconds; ``None`` disables one. The defaults below
+are the ones documented in DESIGN.md section 4 and docs/reference.md.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "DRAIN_TIMEOUT",
+    "IDLE_TIMEOUT",
+    "MAX_CONNECTIONS",
+    "MAX_CONNECTIONS_THREADS",
+    "MAX_DATAGRAM",
+    "MAX_FRAME",
+    "MAX_LINE",
+    "READ_SIZE",
+    "WRITE_BUFFER_HIGH",
+]
+
+# Enough for a classroom or a small team; past it a server answers "busy", so a
+# connection flood cannot exhaust file descriptors (the usual ulimit is 1024).
+MAX_CONNECTIONS = 1024
+
+# A thread per client costs a stack (8 MiB virtual) and a scheduler slot;
+# 256 threads is where a 2-core machine still switches between them fairly.
+MAX_CONNECTIONS_THREADS = 256
+
+# Large enough for any message a person or a small file makes, small enough that
+# a hostile length header cannot make the server allocate much.
+MAX_FRAME = 1024 * 1024
+
+# A line typed or pasted by a person is far shorter; 16 KiB also bounds the
+# buffer a client without newlines can make us hold.
+MAX_LINE = 16 * 1024
+
+# Fits every reply of the UDP echo service and stays under the 9000-byte jumbo
+# MTU, so datagrams are rarely fragmented.
+MAX_DATAGRAM = 8 * 1024
+
+# A client silent for five minutes has almost always gone away without closing;
+# its slot (thread, descriptor) is worth more to the next one.
+IDLE_TIMEOUT = 300.0
+
+# Long enough for in-flight replies and transfers on loopback or a LAN to end,
+# short enough that a stuck client cannot hold up a restart.
+DRAIN_TIMEOUT = 10.0
+
+# One recv() worth: asyncio's own read size, large enough to amortize the
+# syscall, small enough that one busy client cannot starve the others.
+READ_SIZE = 256 * 1024
+
+# Pause reading from a client when this much output waits for it, so a client
+# that sends but does not read cannot make the server buffer without bound.
+WRITE_BUFFER_HIGH = 256 * 1024

@@ -1,0 +1,424 @@
+"""The thread runtime's TCP server: an accept thread and one thread per client.
+
+This is the classic model of the course material, made dependable: the number
+of client threads is bounded by a semaphore (a client past the cap gets the
+service's "busy" refusal), silent clients are closed at the idle timeout, and
+:meth:`Server.shutdown` stops accepting, lets connections finish for up to
+``drain_timeout`` seconds, then closes the rest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import selectors
+import socket
+import threading
+import time
+from collections.abc import Callable
+from types import TracebackType
+
+from enlace.exceptions import EnlaceError
+from enlace.limits import (
+    DRAIN_TIMEOUT,
+    IDLE_TIMEOUT,
+    MAX_CONNECTIONS_THREADS,
+    READ_SIZE,
+)
+from enlace.logs import log_closed, log_refused, logger_for
+from enlace.services.base import StreamHandler, StreamService
+from enlace.sockets import listen_tcp, peer_address
+
+__all__ = ["Server"]
+
+# After the server closes a connection, it keeps reading (and discarding) for a
+# moment so that a client still sending does not get a reset that would destroy
+# our last reply in its receive buffer (the "lingering close" of Apache and nginx).
+_LINGER_TIMEOUT = 2.0
+_LINGER_BYTES = 1024 * 1024
+# Refused sockets lingering at once; past this, refusals close straight away.
+_MAX_LINGERING_REFUSALS = 64
+
+
+class _Connection:
+    """One client: its socket, its thread's receive loop, and its Transport methods."""
+
+    def __init__(
+        self, server: Server, sock: socket.socket, peer: tuple[str, int], handler: StreamHandler
+    ) -> None:
+        self._server = server
+        self._sock = sock
+        self._peer = peer
+        self._handler = handler
+        self._send_lock = threading.Lock()
+        self._close_requested = threading.Event()
+        self._owner: int | None = None
+        # Replies written by the handler during a callback, sent together after it.
+        self._corked: list[bytes] | None = None
+        self._eof = False
+        self._send_error: OSError | None = None
+        self.bytes_in = 0
+        self.bytes_out = 0
+
+    # -- Transport ---------------------------------------------------------
+
+    @property
+    def peer(self) -> tuple[str, int]:
+        return self._peer
+
+    def write(self, data: bytes) -> None:
+        if not data:
+            return
+        if self._corked is not None and threading.get_ident() == self._owner:
+            self._corked.append(data)
+        else:
+            self._send(data)
+
+    def close(self) -> None:
+        if self._close_requested.is_set():
+            return
+        self._close_requested.set()
+        if threading.get_ident() != self._owner:
+            # Wake the connection's thread from recv(); our writes were synchronous,
+            # so everything written so far is already sent.
+            with self._send_lock, contextlib.suppress(OSError):
+                self._sock.shutdown(socket.SHUT_RDWR)
+
+    # -- the connection's thread -------------------------------------------
+
+    def _send(self, data: bytes) -> None:
+        with self._send_lock:
+            if self._send_error is not None or self._sock.fileno() == -1:
+                return  # the connection is going away; its thread reports why
+            try:
+                self._sock.sendall(data)
+            except OSError as exc:
+                # Never raise into the writer: it may be another client's thread
+                # broadcasting, and this client's failure is not its problem.
+                self._send_error = exc
+                self._close_requested.set()
+                with contextlib.suppress(OSError):
+                    self._sock.shutdown(socket.SHUT_RDWR)
+                return
+            self.bytes_out += len(data)
+
+    def _call(self, callback: Callable[..., None], *args: object) -> None:
+        """Run a handler callback with writes corked, then send them in one go."""
+        self._corked = []
+        try:
+            callback(*args)
+        finally:
+            corked, self._corked = self._corked, None
+            if corked:
+                self._send(corked[0] if len(corked) == 1 else b"".join(corked))
+
+    def run(self) -> None:
+        self._owner = threading.get_ident()
+        started = time.monotonic()
+        reason = "closed by client"
+        error: BaseException | None = None
+        sock, handler = self._sock, self._handler
+        sock.settimeout(self._server.idle_timeout)
+        try:
+            self._call(handler.connection_made, self)
+            while not self._close_requested.is_set():
+                data = sock.recv(READ_SIZE)
+                if not data:
+                    if self._close_requested.is_set():
+                        break  # woken by close() from another thread, not a client EOF
+                    self._eof = True
+                    self._call(handler.eof_received)
+                    if not self._close_requested.wait(self._server.idle_timeout):
+                        reason = "idle timeout after client EOF"
+                    break
+                self.bytes_in += len(data)
+                self._call(handler.data_received, data)
+            if self._send_error is not None:
+                reason = f"connection lost: {self._send_error.strerror or self._send_error}"
+                error = self._send_error
+            elif self._close_requested.is_set():
+                reason = "closed by server" if not self._eof else "done"
+        except TimeoutError:
+            reason = "idle timeout"
+        except OSError as exc:
+            reason, error = f"connection lost: {exc.strerror or exc}", exc
+        except Exception as exc:  # a handler bug must cost one connection, not the server
+            reason, error = f"handler error: {exc!r}", exc
+            self._server.logger.exception("handler error on %s", self._peer)
+        finally:
+            self._finish(reason, error, started)
+
+    def _finish(self, reason: str, error: BaseException | None, started: float) -> None:
+        if error is None and not self._eof:
+            self._linger()
+        with self._send_lock:
+            self._sock.close()
+        try:
+            self._handler.connection_lost(error)
+        except Exception:
+            self._server.logger.exception("error in connection_lost on %s", self._peer)
+        log_closed(
+            self._server.logger,
+            self._peer,
+            bytes_in=self.bytes_in,
+            bytes_out=self.bytes_out,
+            duration=time.monotonic() - started,
+            reason=reason,
+        )
+
+    def _linger(self) -> None:
+        sock = self._sock
+        deadline = time.monotonic() + _LINGER_TIMEOUT
+        discarded = 0
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_WR)
+            while discarded < _LINGER_BYTES:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                sock.settimeout(remaining)
+                chunk = sock.recv(READ_SIZE)
+                if not chunk:
+                    break
+                discarded += len(chunk)
+
+
+class Server:
+    """Serve a :class:`~enlace.services.base.StreamService` with a thread per client.
+
+    Use it as a context manager, or call :meth:`start` and :meth:`shutdown`::
+
+        with Server(EchoService(), "127.0.0.1", 6543) as server:
+            server.serve_forever()
+    """
+
+    def __init__(
+        self,
+        service: StreamService,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        max_connections: int | None = MAX_CONNECTIONS_THREADS,
+        idle_timeout: float | None = IDLE_TIMEOUT,
+        drain_timeout: float | None = DRAIN_TIMEOUT,
+        backlog: int = 128,
+    ) -> None:
+        self.service = service
+        self.host = host
+        self.port = port
+        self.max_connections = max_connections
+        self.idle_timeout = idle_timeout
+        self.drain_timeout = drain_timeout
+        self.backlog = backlog
+        self.logger: logging.Logger = logger_for(service.name)
+        self._listener: socket.socket | None = None
+        self._slots = (
+            threading.BoundedSemaphore(max_connections) if max_connections is not None else None
+        )
+        self._connections: set[_Connection] = set()
+        self._idle = threading.Condition()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._accept_thread: threading.Thread | None = None
+        self._stopped = threading.Event()
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The address actually listened on (the real port when 0 was asked for)."""
+        if self._listener is None:
+            raise EnlaceError("the server is not started")
+        return peer_address(self._listener.getsockname())
+
+    @property
+    def connection_count(self) -> int:
+        """Connections being served right now."""
+        with self._idle:
+            return len(self._connections)
+
+    def start(self) -> None:
+        """Listen and start accepting in a background thread; returns at once."""
+        if self._listener is not None:
+            return
+        self._listener = listen_tcp(self.host, self.port, backlog=self.backlog)
+        self._listener.setblocking(False)
+        self._accept_thread = threading.Thread(
+            target=self._accept_loop, name=f"enlace-{self.service.name}-accept", daemon=True
+        )
+        self._accept_thread.start()
+
+    def serve_forever(self) -> None:
+        """Start if needed, then block until :meth:`shutdown` is called (from another thread)."""
+        self.start()
+        self._stopped.wait()
+
+    def shutdown(self, drain_timeout: float | None = -1.0) -> None:
+        """Stop accepting, let connections finish, then close the rest.
+
+        ``drain_timeout`` defaults to the server's; ``None`` waits for ever.
+        """
+        if drain_timeout is not None and drain_timeout < 0:
+            drain_timeout = self.drain_timeout
+        if self._accept_thread is not None:
+            with contextlib.suppress(OSError):
+                self._wake_w.send(b"x")
+            self._accept_thread.join()
+            self._accept_thread = None
+        deadline = None if drain_timeout is None else time.monotonic() + drain_timeout
+        with self._idle:
+            while self._connections:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    break
+                self._idle.wait(remaining)
+            leftovers = list(self._connections)
+        for connection in leftovers:
+            connection.close()
+        with self._idle:
+            # Closing wakes each thread from recv(); their last step is quick.
+            self._idle.wait_for(lambda: not self._connections, timeout=_LINGER_TIMEOUT + 1.0)
+        self._wake_r.close()
+        self._wake_w.close()
+        self._stopped.set()
+
+    def __enter__(self) -> Server:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.shutdown()
+
+    # -- accepting -------------------------------------------------------------
+
+    def _accept_loop(self) -> None:
+        assert self._listener is not None
+        listener = self._listener
+        selector = selectors.DefaultSelector()
+        selector.register(listener, selectors.EVENT_READ, "accept")
+        selector.register(self._wake_r, selectors.EVENT_READ, "wake")
+        lingering: dict[socket.socket, float] = {}
+        paused_until: float | None = None
+        try:
+            while True:
+                now = time.monotonic()
+                deadlines = list(lingering.values())
+                if paused_until is not None:
+                    deadlines.append(paused_until)
+                timeout = max(0.0, min(deadlines) - now) if deadlines else None
+                for key, _ in selector.select(timeout):
+                    if key.data == "wake":
+                        return
+                    if key.data == "accept":
+                        if not self._accept_ready(listener, selector, lingering):
+                            # Out of descriptors or memory: back off instead of spinning.
+                            selector.unregister(listener)
+                            paused_until = time.monotonic() + 0.1
+                    else:
+                        self._discard(key.fileobj, selector, lingering)  # type: ignore[arg-type]
+                now = time.monotonic()
+                for sock, deadline in list(lingering.items()):
+                    if deadline <= now:
+                        selector.unregister(sock)
+                        del lingering[sock]
+                        sock.close()
+                if paused_until is not None and paused_until <= now:
+                    selector.register(listener, selectors.EVENT_READ, "accept")
+                    paused_until = None
+        finally:
+            for sock in lingering:
+                sock.close()
+            selector.close()
+            listener.close()
+
+    def _accept_ready(
+        self,
+        listener: socket.socket,
+        selector: selectors.BaseSelector,
+        lingering: dict[socket.socket, float],
+    ) -> bool:
+        # Bounded per wake-up so that lingering refusals and shutdown stay responsive.
+        for _ in range(64):
+            try:
+                sock, address = listener.accept()
+            except BlockingIOError:
+                return True
+            except OSError:
+                self.logger.exception("accept failed")
+                return False
+            peer = peer_address(address)
+            if self._slots is not None and not self._slots.acquire(blocking=False):
+                self._refuse(sock, peer, selector, lingering)
+                continue
+            self._begin(sock, peer)
+        return True
+
+    def _refuse(
+        self,
+        sock: socket.socket,
+        peer: tuple[str, int],
+        selector: selectors.BaseSelector,
+        lingering: dict[socket.socket, float],
+    ) -> None:
+        reason = f"server busy: {self.max_connections} connections already"
+        log_refused(self.logger, peer, reason)
+        sock.setblocking(False)
+        try:
+            sock.send(self.service.refusal(reason))
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            sock.close()
+            return
+        if len(lingering) >= _MAX_LINGERING_REFUSALS:
+            sock.close()
+            return
+        lingering[sock] = time.monotonic() + _LINGER_TIMEOUT
+        selector.register(sock, selectors.EVENT_READ, "linger")
+
+    @staticmethod
+    def _discard(
+        sock: socket.socket, selector: selectors.BaseSelector, lingering: dict[socket.socket, float]
+    ) -> None:
+        try:
+            done = not sock.recv(READ_SIZE)
+        except BlockingIOError:
+            return
+        except OSError:
+            done = True
+        if done:
+            selector.unregister(sock)
+            del lingering[sock]
+            sock.close()
+
+    def _begin(self, sock: socket.socket, peer: tuple[str, int]) -> None:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            handler = self.service.handler()
+        except Exception:
+            self.logger.exception("could not set up a connection from %s", peer)
+            sock.close()
+            if self._slots is not None:
+                self._slots.release()
+            return
+        connection = _Connection(self, sock, peer, handler)
+        with self._idle:
+            self._connections.add(connection)
+        thread = threading.Thread(
+            target=self._serve,
+            args=(connection,),
+            name=f"enlace-{self.service.name}-{peer[0]}:{peer[1]}",
+            daemon=True,
+        )
+        thread.start()
+
+    def _serve(self, connection: _Connection) -> None:
+        try:
+            connection.run()
+        finally:
+            if self._slots is not None:
+                self._slots.release()
+            with self._idle:
+                self._connections.discard(connection)
+                self._idle.notify_all()
