@@ -152,6 +152,20 @@ class _Connection(asyncio.Protocol):
             reason=self._reason,
         )
 
+    # -- used by Server.shutdown -------------------------------------------------
+
+    def force_close(self, reason: str) -> None:
+        """Close now, after pending replies but without lingering for the client."""
+        self._reason = reason
+        self._closing = True
+        if self._transport is not None:
+            self._transport.close()
+
+    def abort(self) -> None:
+        """Drop the connection, pending replies included."""
+        if self._transport is not None:
+            self._transport.abort()
+
     # -- internals -------------------------------------------------------------
 
     def _call(self, callback: Callable[..., None], *args: object) -> None:
@@ -297,16 +311,14 @@ class Server:
                 await asyncio.wait_for(self._drained.wait(), drain_timeout)
             except TimeoutError:
                 for connection in list(self._connections):
-                    connection._reason = "server shutting down"
-                    connection.close()
+                    connection.force_close("server shutting down")
                 self._drained.clear()
                 if self._connections:
                     try:
-                        await asyncio.wait_for(self._drained.wait(), _LINGER_TIMEOUT + 1.0)
+                        await asyncio.wait_for(self._drained.wait(), 1.0)
                     except TimeoutError:
                         for connection in list(self._connections):
-                            if connection._transport is not None:
-                                connection._transport.abort()
+                            connection.abort()
         await self._server.wait_closed()
         assert self._stopped is not None
         self._stopped.set()

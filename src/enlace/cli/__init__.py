@@ -133,10 +133,10 @@ def _cmd_up(args: argparse.Namespace) -> int:
                 )
             )
         widths = [max(len(row[i]) for row in rows) for i in range(2)]
-        print(f"enlace is up ({runtime} runtime). Ctrl-C stops everything.\n", flush=True)
+        print(f"enlace is up ({runtime} runtime):\n")
         for name, where, try_it in rows:
             print(f"  {name:<{widths[0]}}  {where:<{widths[1]}}  {try_it}")
-        print(flush=True)
+        print("\nCtrl-C stops everything.", flush=True)
 
     return run_servers(launches, runtime, announce)
 

@@ -1,0 +1,89 @@
+"""Running the ``enlace`` command as a real subprocess, as a user would."""
+
+from __future__ import annotations
+
+import os
+import re
+import selectors
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+ENLACE = [sys.executable, "-m", "enlace"]
+_LISTENING = re.compile(rb"listening on (?:\[([^\]]+)\]|([^\s:]+)):(\d+)")
+
+
+def run(*args: str, stdin: bytes = b"", timeout: float = 15) -> subprocess.CompletedProcess[bytes]:
+    """Run ``enlace ARGS`` to completion."""
+    return subprocess.run(
+        [*ENLACE, *args], input=stdin, capture_output=True, timeout=timeout, check=False
+    )
+
+
+class Cli:
+    """A running ``enlace`` server process and what it printed while starting."""
+
+    def __init__(self, process: subprocess.Popen[bytes], banner: bytes) -> None:
+        self.process = process
+        self.banner = banner
+
+    def ports(self) -> list[int]:
+        return [int(m.group(3)) for m in _LISTENING.finditer(self.banner)]
+
+    def table(self) -> dict[str, tuple[str, int]]:
+        """``enlace up``'s table: service name -> (transport, port)."""
+        rows = re.findall(rb"^  (\w+)\s+(tcp|udp) \S+:(\d+)", self.banner, re.MULTILINE)
+        return {name.decode(): (kind.decode(), int(port)) for name, kind, port in rows}
+
+    @property
+    def port(self) -> int:
+        return self.ports()[0]
+
+    def stop(self, signum: int = signal.SIGINT, timeout: float = 15) -> tuple[int, bytes]:
+        """Signal the process, wait for it, return its exit code and standard error."""
+        self.process.send_signal(signum)
+        _, err = self.process.communicate(timeout=timeout)
+        return self.process.returncode, err
+
+
+def read_until(process: subprocess.Popen[bytes], marker: bytes, timeout: float = 10) -> bytes:
+    """What ``process`` printed on standard output up to and including ``marker``."""
+    assert process.stdout is not None
+    fd = process.stdout.fileno()
+    selector = selectors.DefaultSelector()
+    selector.register(fd, selectors.EVENT_READ)
+    output = b""
+    deadline = time.monotonic() + timeout
+    try:
+        while marker not in output:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not selector.select(remaining):
+                raise AssertionError(f"no {marker!r} within {timeout} s; got {output!r}")
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                err = process.stderr.read() if process.stderr else b""
+                raise AssertionError(f"exited before {marker!r}: {output!r} {err!r}")
+            output += chunk
+    finally:
+        selector.close()
+    return output
+
+
+@contextmanager
+def server(*args: str, marker: bytes = b"try it: ") -> Iterator[Cli]:
+    """Start ``enlace ARGS`` and wait until it printed ``marker`` (and the rest of that line)."""
+    process = subprocess.Popen(
+        [*ENLACE, *args], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        banner = read_until(process, marker)
+        if not banner.endswith(b"\n"):
+            banner += read_until(process, b"\n")
+        yield Cli(process, banner)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(5)
