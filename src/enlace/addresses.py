@@ -37,6 +37,7 @@ def parse_address(text: str, *, default_port: int | None = None) -> tuple[str, i
         return text, default_port
     if not host:
         raise ValueError(f"bad address {text!r}: missing host")
-    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+    # isdigit() alone accepts "²" and other non-ASCII digits that int() rejects or misreads.
+    if not (port_text.isascii() and port_text.isdigit()) or not 0 <= int(port_text) <= 65535:
         raise ValueError(f"bad address {text!r}: port must be a number from 0 to 65535")
     return host, int(port_text)

@@ -284,6 +284,7 @@ class UntilCloseDecoder(_Failing):
     def __init__(self, *, max_size: int | None = MAX_FRAME) -> None:
         self._max_size = max_size
         self._buffer = bytearray()
+        self._ended = False
 
     @property
     def buffered(self) -> int:
@@ -305,6 +306,9 @@ class UntilCloseDecoder(_Failing):
 
     def eof(self) -> list[bytes]:
         self._check()
+        if self._ended:
+            return []  # the one message was delivered already
+        self._ended = True
         payload, self._buffer = bytes(self._buffer), bytearray()
         return [payload]
 
@@ -330,7 +334,9 @@ def encode_delimited(
     Raises :class:`LocalProtocolError` if the payload contains the delimiter
     (the peer would see two messages) or exceeds ``max_size``.
     """
-    if delimiter in payload:
+    # Not just "delimiter in payload": the payload's tail may complete the delimiter
+    # early (b"x\r\n" + b"\r\n\r\n"), and the peer would cut the line there.
+    if (payload + delimiter).find(delimiter) != len(payload):
         raise LocalProtocolError(f"cannot send a line that contains the delimiter {delimiter!r}")
     if max_size is not None and len(payload) > max_size:
         raise LocalProtocolError(
