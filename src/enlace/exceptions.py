@@ -9,6 +9,7 @@ The tree::
     │   │   │   └── LineTooLong      a delimited line grew past the limit
     │   │   └── IncompleteFrame      the stream ended in the middle of a frame
     │   └── LocalProtocolError       ... what we were asked to send (we were encoding)
+    ├── RequestError                 the server answered a request with an error reply
     └── NetworkError                 the operating system said no (an OSError, translated)
         ├── AddressInUse             cannot listen: the port is taken
         ├── AddressError             cannot resolve or assign the address
@@ -48,6 +49,7 @@ __all__ = [
     "NetworkError",
     "ProtocolError",
     "RemoteProtocolError",
+    "RequestError",
     "Timeout",
     "translate_oserror",
 ]
@@ -106,6 +108,21 @@ class IncompleteFrame(RemoteProtocolError):
     def __init__(self, message: str, *, pending: int) -> None:
         super().__init__(message)
         self.pending = pending
+
+
+class RequestError(EnlaceError):
+    """The server answered a request with an error; ``code`` is the server's code.
+
+    ``code`` is an instance attribute here: ``unknown_command``, ``bad_arguments``
+    and the others of docs/protocol.md, or a code of the server's own commands.
+    """
+
+    code = "request_error"
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
 
 
 class NetworkError(EnlaceError):

@@ -13,9 +13,14 @@ __all__ = [
     "MAX_CONNECTIONS",
     "MAX_CONNECTIONS_THREADS",
     "MAX_DATAGRAM",
+    "MAX_EVENTS",
     "MAX_FRAME",
+    "MAX_JSON",
+    "MAX_JSON_DEPTH",
     "MAX_LINE",
+    "MAX_PIPELINE",
     "READ_SIZE",
+    "REQUEST_TIMEOUT",
     "WRITE_BUFFER_HIGH",
 ]
 
@@ -30,6 +35,17 @@ MAX_CONNECTIONS_THREADS = 256
 # Large enough for any message a person or a small file makes, small enough that
 # a hostile length header cannot make the server allocate much.
 MAX_FRAME = 1024 * 1024
+
+# A JSON request is one frame, so the frame limit already bounds it; kept separate
+# so that a deployment can allow large binary frames but small JSON documents.
+MAX_JSON = 1024 * 1024
+
+# Real requests nest a few levels; deep nesting only serves to exhaust a parser's stack.
+MAX_JSON_DEPTH = 32
+
+# Requests a client may have queued behind a slow (async) command before the
+# server stops reading from it: enough for any honest pipeline, bounded for floods.
+MAX_PIPELINE = 256
 
 # A line typed or pasted by a person is far shorter; 16 KiB also bounds the
 # buffer a client without newlines can make us hold.
@@ -54,3 +70,11 @@ READ_SIZE = 256 * 1024
 # Pause reading from a client when this much output waits for it, so a client
 # that sends but does not read cannot make the server buffer without bound.
 WRITE_BUFFER_HIGH = 256 * 1024
+
+# A client that is not consuming pushed events keeps at most this many; past it
+# the oldest are dropped and counted (Client.dropped_events), never silently.
+MAX_EVENTS = 1024
+
+# A reply normally takes milliseconds; 30 s covers a slow command (an AI answer)
+# while still telling a caller that something is wrong.
+REQUEST_TIMEOUT = 30.0

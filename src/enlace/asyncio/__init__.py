@@ -3,7 +3,8 @@
 Same names as :mod:`enlace.sync`; the same services run on both.
 """
 
+from enlace.asyncio.client import Client
 from enlace.asyncio.server import Server
 from enlace.asyncio.udp import DatagramServer
 
-__all__ = ["DatagramServer", "Server"]
+__all__ = ["Client", "DatagramServer", "Server"]

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from types import TracebackType
-from typing import cast
+from typing import Any, cast
 
 from enlace.exceptions import EnlaceError
 from enlace.limits import DRAIN_TIMEOUT, IDLE_TIMEOUT, MAX_CONNECTIONS, WRITE_BUFFER_HIGH
@@ -49,6 +50,8 @@ class _Connection(asyncio.Protocol):
         self._started = time.monotonic()
         self._last_activity = self._loop.time()
         self._timer: asyncio.TimerHandle | None = None
+        self._paused_by: set[str] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
         self.bytes_in = 0
         self.bytes_out = 0
 
@@ -59,6 +62,9 @@ class _Connection(asyncio.Protocol):
         return self._peer
 
     def write(self, data: bytes) -> None:
+        if threading.get_ident() != self._server._loop_thread:
+            self._loop.call_soon_threadsafe(self.write, data)
+            return
         if not data or self._closing:
             return
         self.bytes_out += len(data)
@@ -68,12 +74,51 @@ class _Connection(asyncio.Protocol):
             self._transport.write(data)
 
     def close(self) -> None:
+        if threading.get_ident() != self._server._loop_thread:
+            self._loop.call_soon_threadsafe(self.close)
+            return
         if self._closing:
             return
         self._closing = True
         if self._corked is None:
             self._shut()
         # else: _call() shuts after sending what the callback wrote
+
+    def pause_reading(self) -> None:
+        self._pause("handler")
+
+    def resume_reading(self) -> None:
+        self._resume("handler")
+
+    def call_async(
+        self,
+        work: Coroutine[Any, Any, Any],
+        done: Callable[[Any, BaseException | None], None],
+    ) -> None:
+        task = self._loop.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(lambda task: self._task_done(task, done))
+
+    def _task_done(
+        self, task: asyncio.Task[Any], done: Callable[[Any, BaseException | None], None]
+    ) -> None:
+        self._tasks.discard(task)
+        if task.cancelled():
+            return  # the connection is gone; nobody is waiting for the answer
+        error = task.exception()
+        self._call(done, None if error else task.result(), error)
+
+    def _pause(self, reason: str) -> None:
+        # Two independent reasons to stop reading: the client does not read our
+        # replies (backpressure), or the handler has too many requests queued.
+        if not self._paused_by and self._transport is not None and not self._closing:
+            self._transport.pause_reading()
+        self._paused_by.add(reason)
+
+    def _resume(self, reason: str) -> None:
+        self._paused_by.discard(reason)
+        if not self._paused_by and self._transport is not None and not self._closing:
+            self._transport.resume_reading()
 
     # -- asyncio.Protocol (what the loop calls) ------------------------------
 
@@ -119,16 +164,16 @@ class _Connection(asyncio.Protocol):
         return True
 
     def pause_writing(self) -> None:
-        if self._transport is not None and not self._closing:
-            self._transport.pause_reading()
+        self._pause("writing")
 
     def resume_writing(self) -> None:
-        if self._transport is not None and not self._closing:
-            self._transport.resume_reading()
+        self._resume("writing")
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._timer is not None:
             self._timer.cancel()
+        for task in self._tasks:
+            task.cancel()
         server = self._server
         server._connections.discard(self)
         if not server._connections and server._drained is not None:
@@ -283,6 +328,7 @@ class Server:
         if self._server is not None:
             return
         self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
         self._stopped = asyncio.Event()
         sock = listen_tcp(self.host, self.port, backlog=self.backlog)
         self._server = await self._loop.create_server(

@@ -15,6 +15,7 @@ from enlace import __version__
 from enlace.addresses import format_address, parse_address
 from enlace.cli.catalog import CATALOG, ServiceEntry
 from enlace.cli.connect import connect_tcp_stdio, connect_udp_stdio
+from enlace.cli.message import run_send, run_shell
 from enlace.cli.options import optional_number, server_options
 from enlace.cli.runner import Launch, Runtime, describe, run_servers
 from enlace.exceptions import EnlaceError
@@ -86,6 +87,39 @@ def _parser() -> argparse.ArgumentParser:
         help="TCP: give up connecting after this long (default 10)",
     )
     connect.set_defaults(handler=_cmd_connect)
+
+    send = commands.add_parser(
+        "send",
+        help="send one request to a message server and print the reply",
+        description="Send MESSAGE (a /command line, or chat text) to the message server at "
+        "HOST:PORT and print the reply. Exit 1 if the reply is an error.",
+    )
+    send.add_argument("address", metavar="HOST:PORT")
+    send.add_argument("message", metavar="MESSAGE", help='e.g. "/upper hola"')
+    send.add_argument(
+        "--json",
+        action="store_true",
+        help="print the JSON reply; MESSAGE may also be a JSON request object",
+    )
+    send.add_argument(
+        "--timeout",
+        type=optional_number(float),
+        default=10.0,
+        metavar="SECONDS",
+        help="give up waiting for the reply after this long (default 10)",
+    )
+    send.add_argument("--trace", action="store_true", help="print every frame on standard error")
+    send.set_defaults(handler=_cmd_send)
+
+    shell = commands.add_parser(
+        "shell",
+        help="interactive console for a message server",
+        description="An interactive console: type /commands or chat text; pushed messages "
+        "print above the line you are typing. Ctrl-D leaves.",
+    )
+    shell.add_argument("address", metavar="HOST:PORT")
+    shell.add_argument("--trace", action="store_true", help="print every frame on standard error")
+    shell.set_defaults(handler=_cmd_shell)
     return parser
 
 
@@ -168,6 +202,26 @@ def _cmd_connect(args: argparse.Namespace) -> int:
         stdout=sys.stdout.buffer,
         connect_timeout=args.connect_timeout,
     )
+
+
+def _cmd_send(args: argparse.Namespace) -> int:
+    host, port = _address_or_usage(args.address)
+    return run_send(
+        host, port, args.message, as_json=args.json, timeout=args.timeout, trace=args.trace
+    )
+
+
+def _cmd_shell(args: argparse.Namespace) -> int:
+    host, port = _address_or_usage(args.address)
+    return run_shell(host, port, trace=args.trace)
+
+
+def _address_or_usage(text: str) -> tuple[str, int]:
+    try:
+        return parse_address(text)
+    except ValueError as exc:
+        print(f"enlace: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def main(argv: list[str] | None = None) -> int:

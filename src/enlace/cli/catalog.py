@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 from enlace.cli.options import optional_number
-from enlace.limits import MAX_DATAGRAM, MAX_FRAME
+from enlace.cli.trace import print_trace
+from enlace.limits import MAX_DATAGRAM, MAX_FRAME, MAX_LINE
 from enlace.services import (
     DatagramService,
     EchoService,
@@ -22,6 +23,7 @@ from enlace.services import (
     UdpEchoService,
     UpperService,
 )
+from enlace.services.message import MessageService
 
 __all__ = ["CATALOG", "ServiceEntry"]
 
@@ -73,6 +75,36 @@ def _udp_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _chat_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--max-frame",
+        type=optional_number(int),
+        default=MAX_FRAME,
+        metavar="BYTES",
+        help=f"largest frame payload (default {MAX_FRAME}); larger: an error and a close",
+    )
+    parser.add_argument(
+        "--max-line",
+        type=optional_number(int),
+        default=MAX_LINE,
+        metavar="BYTES",
+        help=f"longest line from a text client (default {MAX_LINE}); longer: an error and a close",
+    )
+    parser.add_argument(
+        "--trace",
+        action="store_true",
+        help="print every frame or line on standard error (direction, size, text or hex)",
+    )
+
+
+def _build_chat(args: argparse.Namespace) -> MessageService:
+    return MessageService(
+        max_frame=_option(args, "max_frame", MAX_FRAME),  # type: ignore[arg-type]
+        max_line=_option(args, "max_line", MAX_LINE),  # type: ignore[arg-type]
+        trace=print_trace if _option(args, "trace", False) else None,
+    )
+
+
 def _option(args: argparse.Namespace, name: str, default: object) -> object:
     # `enlace up` has no per-service options, so each builder falls back to its default.
     return getattr(args, name, default)
@@ -118,6 +150,15 @@ CATALOG: dict[str, ServiceEntry] = {
             try_it="echo hola | enlace connect --udp {host} {port}",
             build=lambda args: UdpEchoService(),
             add_options=_udp_options,
+        ),
+        ServiceEntry(
+            name="chat",
+            port=8080,
+            transport="tcp",
+            summary="the message server: framed or line clients, commands, JSON requests",
+            try_it="enlace shell {host}:{port}   (or: nc {host} {port}, then /help)",
+            build=_build_chat,
+            add_options=_chat_options,
         ),
     )
 }

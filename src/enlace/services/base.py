@@ -15,7 +15,8 @@ interface both a thread-per-client loop and an event loop can drive.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Protocol
+from collections.abc import Callable, Coroutine
+from typing import Any, Protocol
 
 from enlace.logs import logger_for
 
@@ -25,9 +26,8 @@ __all__ = ["DatagramService", "StreamHandler", "StreamService", "Transport", "an
 class Transport(Protocol):
     """A connection as a handler sees it.
 
-    Call it from the handler's callbacks. The thread runtime also accepts calls
-    from any other thread; in the asyncio runtime, other threads must go
-    through ``loop.call_soon_threadsafe``.
+    :meth:`write` and :meth:`close` may be called from any thread (to push to
+    another client, say); the other methods from the handler's callbacks.
     """
 
     @property
@@ -41,6 +41,29 @@ class Transport(Protocol):
 
     def close(self) -> None:
         """Close after everything written so far has been sent; idempotent."""
+        ...
+
+    def pause_reading(self) -> None:
+        """Stop delivering data until :meth:`resume_reading` (the client is then throttled)."""
+        ...
+
+    def resume_reading(self) -> None:
+        """Deliver data again after :meth:`pause_reading`."""
+        ...
+
+    def call_async(
+        self,
+        work: Coroutine[Any, Any, Any],
+        done: Callable[[Any, BaseException | None], None],
+    ) -> None:
+        """Run the coroutine ``work``, then call ``done(result, error)``.
+
+        ``done`` runs like the other callbacks of this connection: never
+        concurrently with them, and with its writes sent together. The asyncio
+        runtime runs ``work`` as a task and returns at once (other connections
+        go on meanwhile); the thread runtime runs it to completion on a shared
+        helper event loop, blocking only this connection's thread.
+        """
         ...
 
 

@@ -9,14 +9,16 @@ service's "busy" refusal), silent clients are closed at the idle timeout, and
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import selectors
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from types import TracebackType
+from typing import Any
 
 from enlace.exceptions import EnlaceError
 from enlace.limits import (
@@ -38,6 +40,21 @@ _LINGER_TIMEOUT = 2.0
 _LINGER_BYTES = 1024 * 1024
 # Refused sockets lingering at once; past this, refusals close straight away.
 _MAX_LINGERING_REFUSALS = 64
+
+
+_helper: asyncio.AbstractEventLoop | None = None
+_helper_lock = threading.Lock()
+
+
+def _helper_loop() -> asyncio.AbstractEventLoop:
+    """The event loop that runs ``async`` handlers for the thread runtime, started once."""
+    global _helper  # noqa: PLW0603 - one loop per process, started on first use
+    with _helper_lock:
+        if _helper is None:
+            loop = asyncio.new_event_loop()
+            threading.Thread(target=loop.run_forever, name="enlace-async", daemon=True).start()
+            _helper = loop
+        return _helper
 
 
 class _Connection:
@@ -83,6 +100,29 @@ class _Connection:
             # so everything written so far is already sent.
             with self._send_lock, contextlib.suppress(OSError):
                 self._sock.shutdown(socket.SHUT_RDWR)
+
+    def pause_reading(self) -> None:
+        # Nothing to do: this thread reads only between callbacks, so a handler
+        # that is still busy already holds the client's next bytes back.
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def call_async(
+        self,
+        work: Coroutine[Any, Any, Any],
+        done: Callable[[Any, BaseException | None], None],
+    ) -> None:
+        future = asyncio.run_coroutine_threadsafe(work, _helper_loop())
+        try:
+            result, error = future.result(), None
+        except BaseException as exc:  # noqa: BLE001 - handed to done(), which decides
+            result, error = None, exc
+        if threading.get_ident() == self._owner:
+            done(result, error)  # already inside a corked callback
+        else:
+            self._call(done, result, error)
 
     # -- the connection's thread -------------------------------------------
 

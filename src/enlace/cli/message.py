@@ -1,0 +1,149 @@
+"""``enlace send`` and ``enlace shell``: clients of the message server.
+
+Both send what the user typed as a JSON request with an id (a ``/command``
+line goes in the request's ``line``, so the server splits it exactly as if it
+were typed), which keeps replies apart from pushed events.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from enlace.cli.trace import tracer_for_peer
+from enlace.exceptions import ConnectionClosed, RequestError
+from enlace.protocol.envelope import dumps, loads, render_event, render_result
+from enlace.sync import Client
+
+__all__ = ["run_send", "run_shell"]
+
+
+def run_send(
+    host: str, port: int, message: str, *, as_json: bool, timeout: float | None, trace: bool
+) -> int:
+    """Send one request, print the reply; exit 1 on an error reply."""
+    tracer = tracer_for_peer((host, port)) if trace else None
+    with Client(
+        host, port, request_timeout=timeout, trace=tracer, on_event=lambda _: None
+    ) as client:
+        try:
+            if as_json and message.lstrip().startswith("{"):
+                result, request_id = _send_json_object(client, message)
+            else:
+                result, request_id = client.command(message), 1
+        except RequestError as exc:
+            if as_json:
+                error = {"code": exc.code, "message": exc.message}
+                print(dumps({"id": 1, "ok": False, "error": error}).decode())
+            else:
+                print(f"ERR {exc.code}: {exc.message}", file=sys.stderr)
+            return 1
+    if as_json:
+        print(dumps({"id": request_id, "ok": True, "result": result}).decode())
+    else:
+        print(render_result(result))
+    return 0
+
+
+def _send_json_object(client: Client, message: str) -> tuple[Any, Any]:
+    try:
+        body = loads(message)
+    except ValueError as exc:
+        raise RequestError("invalid_json", f"the message is not valid JSON: {exc}") from None
+    if not isinstance(body, dict) or not isinstance(body.get("cmd"), str):
+        raise RequestError("bad_request", 'a JSON message needs at least {"cmd": "..."}')
+    args = body.get("args", [])
+    if not isinstance(args, list):
+        raise RequestError("bad_request", '"args" must be an array')
+    return client.request(body["cmd"], *args), body.get("id", 1)
+
+
+def _history_file() -> Path | None:
+    state = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
+    path = state / "enlace" / "shell_history"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch(exist_ok=True)
+    except OSError:
+        return None
+    return path
+
+
+def run_shell(host: str, port: int, *, trace: bool) -> int:
+    """An interactive console; pushed events print above the line being typed."""
+    if not sys.stdin.isatty():
+        return _run_plain(host, port, trace=trace)
+    # Imported here: prompt_toolkit takes a while to import, and only the shell needs it.
+    from prompt_toolkit import PromptSession  # noqa: PLC0415
+    from prompt_toolkit.history import FileHistory, InMemoryHistory  # noqa: PLC0415
+    from prompt_toolkit.patch_stdout import patch_stdout  # noqa: PLC0415
+
+    history_path = _history_file()
+    history = FileHistory(str(history_path)) if history_path else InMemoryHistory()
+    session: PromptSession[str] = PromptSession(history=history)
+    closed = threading.Event()
+
+    def on_close(reason: str) -> None:
+        closed.set()
+        print(f"* {reason}")
+        app = session.app
+        if app.is_running and app.loop is not None:
+            app.loop.call_soon_threadsafe(lambda: app.exit())
+
+    tracer = tracer_for_peer((host, port)) if trace else None
+    with (
+        patch_stdout(raw=True),
+        Client(
+            host, port, trace=tracer, on_event=lambda e: print(render_event(e)), on_close=on_close
+        ) as client,
+    ):
+        print(f"connected to {host}:{port}; /help lists the commands, Ctrl-D leaves")
+        while not closed.is_set():
+            try:
+                line = session.prompt(f"{host}:{port}> ")
+            except KeyboardInterrupt:
+                continue
+            except EOFError:
+                break
+            if line is None or closed.is_set():
+                break
+            _run_line(client, line)
+    return 0
+
+
+def _run_line(client: Client, line: str) -> None:
+    if not line.strip():
+        return
+    try:
+        print(render_result(client.command(line)))
+    except RequestError as exc:
+        print(f"ERR {exc.code}: {exc.message}")
+    except ConnectionClosed:
+        pass  # on_close has said why
+
+
+def _run_plain(host: str, port: int, *, trace: bool) -> int:
+    """Without a terminal (a pipe, a script): the same, one line at a time."""
+    tracer = tracer_for_peer((host, port)) if trace else None
+    lock = threading.Lock()
+
+    def say(text: str) -> None:
+        with lock:
+            print(text, flush=True)
+
+    with Client(
+        host, port, trace=tracer, on_event=lambda e: say(render_event(e)), on_close=lambda r: None
+    ) as client:
+        for line in sys.stdin:
+            if client.closed:
+                break
+            try:
+                say(render_result(client.command(line.rstrip("\n"))))
+            except RequestError as exc:
+                say(f"ERR {exc.code}: {exc.message}")
+            except ConnectionClosed:
+                break
+    return 0

@@ -1,0 +1,314 @@
+"""The message server's payloads: text commands, JSON requests, replies and events.
+
+This is the sans-I/O half of the message server (docs/protocol.md is the
+normative description). :class:`ServerConnection` keeps one client's protocol
+state: which *kind* of client it is (length-prefixed frames or text lines,
+decided by the first byte), which *form* its latest request had (text or JSON,
+which server-initiated events follow), and it turns bytes into
+:data:`Request` objects and replies into bytes.
+
+Bad input becomes a :class:`BadRequest` rather than an exception, because most
+bad input is answered and survived (invalid JSON, unknown command); a
+``BadRequest`` with ``fatal=True`` (an oversize frame, a line too long) means
+the stream cannot be resynchronised, so the reply is sent and the connection closed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import orjson
+
+from enlace.exceptions import RemoteProtocolError
+from enlace.limits import MAX_FRAME, MAX_JSON, MAX_JSON_DEPTH, MAX_LINE
+from enlace.protocol.framing import DelimiterDecoder, LengthPrefixDecoder, encode_length_prefixed
+
+__all__ = [
+    "BadRequest",
+    "ChatText",
+    "Form",
+    "JsonRequest",
+    "Kind",
+    "Request",
+    "ServerConnection",
+    "TextCommand",
+    "dumps",
+    "loads",
+    "parse_payload",
+    "render_event",
+    "render_result",
+]
+
+Kind = Literal["unknown", "framed", "lines"]
+Form = Literal["text", "json"]
+
+
+@dataclass(frozen=True, slots=True)
+class TextCommand:
+    """``/name rest of line``: ``name`` is lower-cased, ``rest`` has no leading space."""
+
+    name: str
+    rest: str
+    form: Form = "text"
+
+
+@dataclass(frozen=True, slots=True)
+class JsonRequest:
+    """``{"id": ..., "cmd": ..., "args": [...]}``; ``id`` is echoed in the reply.
+
+    Instead of ``args``, a request may carry ``"line"``: the rest of a typed
+    command line, split by the server exactly as for a text command. Clients
+    use it to send what a person typed while still matching replies by id.
+    """
+
+    id: str | int | None
+    cmd: str
+    args: list[Any]
+    line: str | None = None
+    form: Form = "json"
+
+
+@dataclass(frozen=True, slots=True)
+class ChatText:
+    """Plain text, not a command: a chat message for the client's current room."""
+
+    text: str
+    form: Form = "text"
+
+
+@dataclass(frozen=True, slots=True)
+class BadRequest:
+    """Input that cannot be served; answered with an error (and a close if ``fatal``)."""
+
+    code: str
+    message: str
+    form: Form = "text"
+    id: str | int | None = None
+    fatal: bool = False
+
+
+Request = TextCommand | JsonRequest | ChatText
+
+
+def loads(payload: bytes | str, *, max_depth: int | None = MAX_JSON_DEPTH) -> Any:
+    """Parse JSON strictly (no NaN or Infinity) and bound its nesting depth.
+
+    Raises :class:`ValueError` with a message fit for an error reply.
+    """
+    value = orjson.loads(payload)
+    if max_depth is not None:
+        raw = payload.encode() if isinstance(payload, str) else payload
+        # Counting brackets runs in C; only suspicious payloads pay for the walk.
+        if raw.count(b"[") + raw.count(b"{") > max_depth and _depth(value) > max_depth:
+            raise ValueError(f"JSON nested deeper than {max_depth} levels")
+    return value
+
+
+def _depth(value: Any) -> int:
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            item = list(item.values())
+        if isinstance(item, list):
+            deepest = max(deepest, level)
+            stack.extend((child, level + 1) for child in item)
+    return deepest
+
+
+def dumps(value: Any) -> bytes:
+    """Serialize to compact UTF-8 JSON."""
+    return orjson.dumps(value)
+
+
+def parse_payload(
+    payload: bytes, *, max_json: int | None = MAX_JSON, max_json_depth: int | None = MAX_JSON_DEPTH
+) -> Request | BadRequest | None:
+    """Classify one payload; ``None`` for an empty one (a keep-alive)."""
+    if not payload:
+        return None
+    if payload[:1] == b"{":
+        return _parse_json(payload, max_json, max_json_depth)
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return BadRequest("invalid_utf8", f"payload is not valid UTF-8 (byte {exc.start})")
+    if text.startswith("//"):
+        return ChatText(text[1:])  # IRC's escape: "//x" is the message "/x"
+    if text.startswith("/"):
+        name, _, rest = text[1:].partition(" ")
+        if not name or name != name.strip():
+            return BadRequest("bad_request", "a command needs a name right after '/' (try /help)")
+        return TextCommand(name.lower(), rest.strip())
+    return ChatText(text)
+
+
+def _parse_json(
+    payload: bytes, max_json: int | None, max_json_depth: int | None
+) -> JsonRequest | BadRequest:
+    if max_json is not None and len(payload) > max_json:
+        return BadRequest(
+            "json_too_large",
+            f"JSON of {len(payload)} bytes exceeds the {max_json}-byte limit",
+            "json",
+        )
+    try:
+        value = loads(payload, max_depth=max_json_depth)
+    except orjson.JSONDecodeError as exc:
+        code = "invalid_utf8" if "utf-8" in str(exc).lower() else "invalid_json"
+        return BadRequest(code, f"invalid JSON: {exc}", "json")
+    except ValueError as exc:
+        return BadRequest("json_too_deep", str(exc), "json")
+    if not isinstance(value, dict):
+        return BadRequest("not_an_object", "a JSON request must be an object", "json")
+    request_id = value.get("id")
+    if request_id is not None and (
+        not isinstance(request_id, str | int) or isinstance(request_id, bool)
+    ):
+        return BadRequest("bad_request", '"id" must be a string or an integer', "json")
+    cmd, args = value.get("cmd"), value.get("args", [])
+    if not isinstance(cmd, str) or not cmd:
+        return BadRequest("bad_request", '"cmd" must be a non-empty string', "json", request_id)
+    if not isinstance(args, list):
+        return BadRequest("bad_request", '"args" must be an array', "json", request_id)
+    line = value.get("line")
+    if line is not None and (not isinstance(line, str) or args):
+        return BadRequest(
+            "bad_request", '"line" must be a string, and not given with "args"', "json", request_id
+        )
+    return JsonRequest(request_id, cmd.lower().lstrip("/"), args, line)
+
+
+def render_result(result: Any) -> str:
+    """A command's result in text form: strings as they are, ``None`` as ``ok``, else JSON."""
+    if isinstance(result, str):
+        return result
+    if result is None:
+        return "ok"
+    return dumps(result).decode()
+
+
+def render_event(event: dict[str, Any]) -> str:
+    """An event in text form: ``[general] ana: hola`` for a message, ``* ...`` otherwise."""
+    kind = event.get("event")
+    if kind == "message" and "room" in event:
+        return f"[{event['room']}] {event.get('from', '?')}: {event.get('text', '')}"
+    if kind == "private":
+        return (
+            f"[private] {event.get('from', '?')} -> {event.get('to', '?')}: {event.get('text', '')}"
+        )
+    if "text" in event:
+        return f"* {event['text']}"
+    return f"* {dumps(event).decode()}"
+
+
+class ServerConnection:
+    """One client's protocol state on the server side. Bytes in, requests out.
+
+    The first byte decides the kind: ``0x00`` (every frame under 16 MiB starts
+    with it) means length-prefixed frames, anything else text lines.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_frame: int | None = MAX_FRAME,
+        max_line: int | None = MAX_LINE,
+        max_json: int | None = MAX_JSON,
+        max_json_depth: int | None = MAX_JSON_DEPTH,
+    ) -> None:
+        self.kind: Kind = "unknown"
+        #: The form of the latest request; server-initiated events follow it.
+        self.form: Form = "text"
+        self.max_frame = max_frame
+        self._max_line = max_line
+        self._max_json = max_json
+        self._max_json_depth = max_json_depth
+        self._decoder: LengthPrefixDecoder | DelimiterDecoder | None = None
+        #: Called with ``("in" | "out", payload)`` for every payload, for ``--trace``.
+        self.trace: Callable[[str, bytes], None] | None = None
+
+    def receive(self, data: bytes) -> list[Request | BadRequest]:
+        """Feed bytes from the client; return what they complete, in order."""
+        if self._decoder is None:
+            if not data:
+                return []
+            if data[0] == 0:
+                self.kind, self._decoder = "framed", LengthPrefixDecoder(max_size=self.max_frame)
+            else:
+                self.kind, self._decoder = "lines", DelimiterDecoder(max_size=self._max_line)
+        try:
+            payloads = self._decoder.feed(data)
+        except RemoteProtocolError as exc:
+            return [BadRequest(exc.code, str(exc), self.form, fatal=True)]
+        return self._parse(payloads)
+
+    def eof(self) -> list[Request | BadRequest]:
+        """The client stopped sending: a final unterminated line still counts."""
+        if self._decoder is None or self.kind == "framed":
+            return []  # a frame cut short by the close gets no reply: nobody would read it
+        try:
+            return self._parse(self._decoder.eof())
+        except RemoteProtocolError as exc:
+            return [BadRequest(exc.code, str(exc), self.form, fatal=True)]
+
+    def _parse(self, payloads: list[bytes]) -> list[Request | BadRequest]:
+        items: list[Request | BadRequest] = []
+        for payload in payloads:
+            if self.trace is not None:
+                self.trace("in", payload)
+            item = parse_payload(
+                payload, max_json=self._max_json, max_json_depth=self._max_json_depth
+            )
+            if item is not None:
+                self.form = item.form
+                items.append(item)
+        return items
+
+    # -- outgoing ---------------------------------------------------------------
+
+    def encode(self, payload: bytes) -> bytes:
+        """Wrap one payload for this client's kind: a frame, or a line."""
+        if self.trace is not None:
+            self.trace("out", payload)
+        if self.kind == "lines":
+            return payload + b"\n"
+        return encode_length_prefixed(payload, max_size=None)
+
+    def reply(self, request: Request, result: Any) -> bytes:
+        """The success reply to ``request``."""
+        if isinstance(request, JsonRequest):
+            body: dict[str, Any] = {"ok": True, "result": result}
+            if request.id is not None:
+                body = {"id": request.id, **body}
+            return self._bounded(dumps(body), request)
+        return self._bounded(render_result(result).encode(), request)
+
+    def error(self, request: Request | BadRequest | None, code: str, message: str) -> bytes:
+        """The error reply to ``request`` (or to the connection, if ``None``)."""
+        form = request.form if request is not None else self.form
+        request_id = getattr(request, "id", None)
+        if form == "json":
+            body: dict[str, Any] = {"ok": False, "error": {"code": code, "message": message}}
+            if request_id is not None:
+                body = {"id": request_id, **body}
+            return self.encode(dumps(body))
+        return self.encode(f"ERR {code}: {message}".encode())
+
+    def event(self, event: dict[str, Any]) -> bytes:
+        """A server-initiated event, in the form of the client's latest request."""
+        if self.form == "json":
+            return self.encode(dumps(event))
+        return self.encode(render_event(event).encode())
+
+    def _bounded(self, payload: bytes, request: Request) -> bytes:
+        if self.max_frame is not None and len(payload) > self.max_frame:
+            return self.error(
+                request,
+                "reply_too_large",
+                f"the reply of {len(payload)} bytes exceeds the {self.max_frame}-byte limit",
+            )
+        return self.encode(payload)
