@@ -29,6 +29,7 @@ from enlace.exceptions import (
     NetworkError,
     ProtocolError,
     RemoteProtocolError,
+    RequestError,
     Timeout,
     translate_oserror,
 )
@@ -43,6 +44,7 @@ TREE: dict[type[EnlaceError], type[Exception]] = {
     LineTooLong: FrameTooLarge,
     IncompleteFrame: RemoteProtocolError,
     LocalProtocolError: ProtocolError,
+    RequestError: EnlaceError,
     NetworkError: EnlaceError,
     AddressInUse: NetworkError,
     AddressError: NetworkError,
@@ -59,6 +61,7 @@ CODES = {
     FrameTooLarge: "frame_too_large",
     LineTooLong: "line_too_long",
     IncompleteFrame: "incomplete_frame",
+    RequestError: "request_error",
     NetworkError: "network_error",
     AddressInUse: "address_in_use",
     AddressError: "bad_address",
@@ -378,3 +381,10 @@ def test_listen_tcp_port_zero_gives_a_working_socket() -> None:
             with conn:
                 client.sendall(b"ping")
                 assert conn.recv(4) == b"ping"
+
+
+def test_request_error_carries_the_servers_code() -> None:
+    error = RequestError("unknown_command", "unknown command /nope (try /help)")
+    assert error.code == "unknown_command"
+    assert error.message == "unknown command /nope (try /help)"
+    assert str(error) == "unknown_command: unknown command /nope (try /help)"
