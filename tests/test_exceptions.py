@@ -388,3 +388,12 @@ def test_request_error_carries_the_servers_code() -> None:
     assert error.code == "unknown_command"
     assert error.message == "unknown command /nope (try /help)"
     assert str(error) == "unknown_command: unknown command /nope (try /help)"
+
+
+def test_ports_out_of_range_are_refused_not_wrapped() -> None:
+    with pytest.raises(AddressError, match="ports go from 0 to 65535"):
+        listen_tcp("127.0.0.1", 70000)
+    with pytest.raises(AddressError, match="ports go from 0 to 65535"):
+        listen_udp("127.0.0.1", -1)
+    with pytest.raises(AddressError, match="ports go from 1 to 65535"):
+        connect_tcp("127.0.0.1", 70000)

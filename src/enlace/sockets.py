@@ -24,11 +24,14 @@ _AddressInfo = tuple[socket.AddressFamily, socket.SocketKind, int, str, tuple[An
 def _resolve(
     host: str, port: int, kind: socket.SocketKind, *, passive: bool
 ) -> Sequence[_AddressInfo]:
+    action = "listen on" if passive else "connect to"
+    if not 0 <= port <= 65535:
+        # getaddrinfo would silently wrap 70000 to 4464.
+        raise AddressError(f"cannot {action} port {port}: ports go from 0 to 65535")
     flags = socket.AI_PASSIVE if passive else 0
     try:
         infos = socket.getaddrinfo(host, port, type=kind, flags=flags)
     except OSError as exc:
-        action = "listen on" if passive else "connect to"
         raise translate_oserror(exc, action=action, host=host, port=port) from exc
     if not infos:
         raise AddressError(f"cannot resolve {host!r}: no addresses")
@@ -73,6 +76,8 @@ def connect_tcp(host: str, port: int, *, timeout: float | None = 10.0) -> socket
 
     ``timeout`` bounds the connection attempt only; the returned socket is blocking.
     """
+    if not 0 < port <= 65535:
+        raise AddressError(f"cannot connect to port {port}: ports go from 1 to 65535")
     try:
         sock = socket.create_connection((host, port), timeout=timeout)
     except OSError as exc:

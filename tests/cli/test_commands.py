@@ -213,3 +213,9 @@ def test_nc_half_close_with_upper():
             check=False,
         )
         assert result.stdout == b"HOLA SERVIDOR\n"
+
+
+def test_a_port_out_of_range_is_a_usage_error_not_a_wrapped_port():
+    result = run("serve", "echo", "--port", "70000")
+    assert result.returncode == 2
+    assert b"a port is a number from 0 to 65535" in result.stderr

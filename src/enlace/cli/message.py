@@ -91,7 +91,7 @@ def run_shell(host: str, port: int, *, trace: bool) -> int:
         print(f"* {reason}")
         app = session.app
         if app.is_running and app.loop is not None:
-            app.loop.call_soon_threadsafe(lambda: app.exit())
+            app.loop.call_soon_threadsafe(app.exit)
 
     tracer = tracer_for_peer((host, port)) if trace else None
     with (

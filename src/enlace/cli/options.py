@@ -12,7 +12,7 @@ from enlace.limits import (
     MAX_CONNECTIONS_THREADS,
 )
 
-__all__ = ["optional_number", "server_options"]
+__all__ = ["optional_number", "port_number", "server_options"]
 
 
 def optional_number(kind: type[int] | type[float]) -> Callable[[str], int | float | None]:
@@ -33,6 +33,13 @@ def optional_number(kind: type[int] | type[float]) -> Callable[[str], int | floa
     return parse
 
 
+def port_number(text: str) -> int:
+    """An argparse type for a TCP/UDP port, 0 to 65535."""
+    if not (text.isascii() and text.isdigit()) or not 0 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is a number from 0 to 65535, not {text!r}")
+    return int(text)
+
+
 def server_options(parser: argparse.ArgumentParser, *, default_port: int, udp: bool) -> None:
     """The options every server takes (``--host``, ``--port``, ``--runtime``, limits)."""
     parser.add_argument(
@@ -42,7 +49,7 @@ def server_options(parser: argparse.ArgumentParser, *, default_port: int, udp: b
     )
     parser.add_argument(
         "--port",
-        type=int,
+        type=port_number,
         default=default_port,
         help=f"port to listen on (default {default_port}; 0 picks a free one and prints it)",
     )

@@ -132,6 +132,9 @@ def parse_payload(
         return None
     if payload[:1] == b"{":
         return _parse_json(payload, max_json, max_json_depth)
+    if payload[:1] == b"[" and _is_json(payload, max_json, max_json_depth):
+        # A JSON array is a request gone wrong far more often than a chat message.
+        return BadRequest("not_an_object", "a JSON request must be an object, not an array", "json")
     try:
         text = payload.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -144,6 +147,16 @@ def parse_payload(
             return BadRequest("bad_request", "a command needs a name right after '/' (try /help)")
         return TextCommand(name.lower(), rest.strip())
     return ChatText(text)
+
+
+def _is_json(payload: bytes, max_json: int | None, max_json_depth: int | None) -> bool:
+    if max_json is not None and len(payload) > max_json:
+        return False
+    try:
+        loads(payload, max_depth=max_json_depth)
+    except ValueError:  # orjson.JSONDecodeError is a ValueError too
+        return False
+    return True
 
 
 def _parse_json(

@@ -145,7 +145,11 @@ class Command:
     def arguments_from_text(self, rest: str) -> list[Any]:
         """Split the rest of a text command into arguments: the last one takes the remainder."""
         params = self._params
-        words = rest.split(None, len(params) - 1) if params and rest else []
+        if not params:
+            if rest:
+                raise CommandError("bad_arguments", f"/{self.name} takes no arguments")
+            return []
+        words = rest.split(None, len(params) - 1) if rest else []
         if len(words) > len(params):
             raise CommandError("bad_arguments", f"too many arguments; usage: {self.usage}")
         return self._bind(words, lambda param, word: param.from_text(word, self.usage))

@@ -1,0 +1,79 @@
+"""Framed echo server on ``socketserver.ThreadingTCPServer`` (a thread per connection).
+
+Usage: ``python socketserver_threads.py --port 0``.  Prints ``listening on 127.0.0.1:PORT`` when
+ready and echoes every frame (4-byte big-endian length, then the payload) until SIGTERM or Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import socket
+import socketserver
+import struct
+import threading
+from types import FrameType
+
+__all__ = ["MAX_FRAME", "EchoServer", "FramedEchoHandler", "main"]
+
+MAX_FRAME = 1 << 20  # 1 MiB, the message server's default limit
+HEADER = struct.Struct(">I")
+
+
+class FramedEchoHandler(socketserver.StreamRequestHandler):
+    """Reads frames through the buffered ``rfile`` and sends each echo with one ``sendall``."""
+
+    def setup(self) -> None:
+        super().setup()
+        # Replies are small writes that must not wait for the client's delayed ACK.
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def handle(self) -> None:
+        read = self.rfile.read
+        sendall = self.connection.sendall
+        try:
+            while True:
+                header = read(4)
+                if len(header) < 4:
+                    return
+                (length,) = HEADER.unpack(header)
+                if length > MAX_FRAME:
+                    return
+                payload = read(length)
+                if len(payload) < length:
+                    return
+                sendall(header + payload)
+        except ConnectionError:
+            return
+
+
+class EchoServer(socketserver.ThreadingTCPServer):
+    """A thread per connection; threads do not keep the process alive at exit."""
+
+    allow_reuse_address = True
+    daemon_threads = True
+    block_on_close = False
+    request_queue_size = 1024  # the listen backlog; the default of 5 drops bursts of clients
+
+
+def main() -> None:
+    """Parse the command line and serve until SIGTERM or Ctrl-C."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    args = parser.parse_args()
+    with EchoServer((args.host, args.port), FramedEchoHandler) as server:
+
+        def stop(signum: int, frame: FrameType | None) -> None:
+            # shutdown() waits for serve_forever() to return, so it must run in another thread.
+            threading.Thread(target=server.shutdown, daemon=True).start()
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        host, port = server.socket.getsockname()[:2]
+        print(f"listening on {host}:{port}", flush=True)
+        server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()
