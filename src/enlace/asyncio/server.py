@@ -26,6 +26,10 @@ from enlace.sockets import listen_tcp, peer_address
 
 __all__ = ["Server"]
 
+# Bound once: these run for every chunk received.
+_monotonic = time.monotonic
+_thread_id = threading.get_ident
+
 # See enlace.sync.server: read and discard for a moment after closing, so our
 # last reply is not destroyed by a reset.
 _LINGER_TIMEOUT = 2.0
@@ -48,7 +52,8 @@ class _Connection(asyncio.Protocol):
         self._refused = False
         self._reason = "closed by client"
         self._started = time.monotonic()
-        self._last_activity = self._loop.time()
+        self._loop_thread = server._loop_thread
+        self._last_activity = _monotonic()
         self._timer: asyncio.TimerHandle | None = None
         self._paused_by: set[str] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -62,19 +67,20 @@ class _Connection(asyncio.Protocol):
         return self._peer
 
     def write(self, data: bytes) -> None:
-        if threading.get_ident() != self._server._loop_thread:
+        if _thread_id() != self._loop_thread:
             self._loop.call_soon_threadsafe(self.write, data)
             return
         if not data or self._closing:
             return
         self.bytes_out += len(data)
-        if self._corked is not None:
-            self._corked.append(data)
+        corked = self._corked
+        if corked is not None:
+            corked.append(data)
         elif self._transport is not None:
             self._transport.write(data)
 
     def close(self) -> None:
-        if threading.get_ident() != self._server._loop_thread:
+        if _thread_id() != self._loop_thread:
             self._loop.call_soon_threadsafe(self.close)
             return
         if self._closing:
@@ -144,13 +150,23 @@ class _Connection(asyncio.Protocol):
         self._call(self._handler.connection_made, self)
 
     def data_received(self, data: bytes) -> None:
+        # The hottest path of the runtime: _call() inlined, one write per chunk.
         if self._closing:
             self._discard(len(data))
             return
         self.bytes_in += len(data)
-        self._last_activity = self._loop.time()
-        assert self._handler is not None
-        self._call(self._handler.data_received, data)
+        self._last_activity = _monotonic()
+        corked: list[bytes] = []
+        self._corked = corked
+        try:
+            self._handler.data_received(data)  # type: ignore[union-attr]
+        except Exception as exc:  # noqa: BLE001 - a handler bug costs one connection only
+            self._handler_failed(exc)
+        self._corked = None
+        if corked and self._transport is not None:
+            self._transport.write(corked[0] if len(corked) == 1 else b"".join(corked))
+        if self._closing:
+            self._shut()
 
     def eof_received(self) -> bool:
         self._eof = True
@@ -218,10 +234,8 @@ class _Connection(asyncio.Protocol):
         self._corked = []
         try:
             callback(*args)
-        except Exception as exc:  # a handler bug must cost one connection, not the server
-            self._server.logger.exception("handler error on %s", self._peer)
-            self._reason = f"handler error: {exc!r}"
-            self._closing = True
+        except Exception as exc:  # noqa: BLE001 - a handler bug costs one connection only
+            self._handler_failed(exc)
         finally:
             corked, self._corked = self._corked, None
             transport = self._transport
@@ -229,6 +243,11 @@ class _Connection(asyncio.Protocol):
                 transport.write(corked[0] if len(corked) == 1 else b"".join(corked))
             if self._closing:
                 self._shut()
+
+    def _handler_failed(self, exc: Exception) -> None:
+        self._server.logger.error("handler error on %s", self._peer, exc_info=exc)
+        self._reason = f"handler error: {exc!r}"
+        self._closing = True
 
     def _shut(self) -> None:
         transport = self._transport
@@ -255,8 +274,8 @@ class _Connection(asyncio.Protocol):
     def _check_idle(self) -> None:
         timeout = self._server.idle_timeout
         assert timeout is not None
-        idle_until = self._last_activity + timeout
-        if self._loop.time() >= idle_until:
+        remaining = self._last_activity + timeout - _monotonic()
+        if remaining <= 0:
             self._reason = "idle timeout"
             self._closing = True
             if self._eof and self._transport is not None:
@@ -264,7 +283,7 @@ class _Connection(asyncio.Protocol):
             else:
                 self._shut()
         else:
-            self._timer = self._loop.call_at(idle_until, self._check_idle)
+            self._timer = self._loop.call_later(remaining, self._check_idle)
 
     def _refuse(self) -> None:
         assert self._transport is not None

@@ -81,7 +81,10 @@ class ClientConnection:
     def receive(self, data: bytes) -> list[Reply | Event | Text]:
         """Feed bytes from the server; return what they complete, in order."""
         items: list[Reply | Event | Text] = []
-        for payload in self._decoder.feed(data):
+        payloads = self._decoder.feed(data)
+        if self._decoder.error is not None:
+            raise self._decoder.error  # the server broke the protocol: the connection is over
+        for payload in payloads:
             if self.trace is not None:
                 self.trace("in", payload)
             if payload:
@@ -97,7 +100,11 @@ def _classify(payload: bytes) -> Reply | Event | Text:
             value = None
         if isinstance(value, dict):
             if "ok" in value:
-                error = value.get("error") or {}
+                error = value.get("error")
+                if error is None:
+                    error = {}
+                elif not isinstance(error, dict):
+                    error = {"code": "error", "message": str(error)}
                 return Reply(
                     value.get("id"),
                     bool(value["ok"]),

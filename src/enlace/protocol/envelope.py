@@ -26,6 +26,7 @@ from enlace.limits import MAX_FRAME, MAX_JSON, MAX_JSON_DEPTH, MAX_LINE
 from enlace.protocol.framing import DelimiterDecoder, LengthPrefixDecoder, encode_length_prefixed
 
 __all__ = [
+    "MAX_ID",
     "BadRequest",
     "ChatText",
     "Form",
@@ -90,6 +91,9 @@ class BadRequest:
 
 
 Request = TextCommand | JsonRequest | ChatText
+
+#: Longest string id accepted, so that an error reply (which echoes it) stays small.
+MAX_ID = 256
 
 
 def loads(payload: bytes | str, *, max_depth: int | None = MAX_JSON_DEPTH) -> Any:
@@ -182,6 +186,8 @@ def _parse_json(
         not isinstance(request_id, str | int) or isinstance(request_id, bool)
     ):
         return BadRequest("bad_request", '"id" must be a string or an integer', "json")
+    if isinstance(request_id, str) and len(request_id) > MAX_ID:
+        return BadRequest("bad_request", f'"id" is longer than {MAX_ID} characters', "json")
     cmd, args = value.get("cmd"), value.get("args", [])
     if not isinstance(cmd, str) or not cmd:
         return BadRequest("bad_request", '"cmd" must be a non-empty string', "json", request_id)
@@ -257,7 +263,12 @@ class ServerConnection:
             payloads = self._decoder.feed(data)
         except RemoteProtocolError as exc:
             return [BadRequest(exc.code, str(exc), self.form, fatal=True)]
-        return self._parse(payloads)
+        items = self._parse(payloads)
+        error = self._decoder.error
+        if error is not None:
+            # The requests before the bad frame are served; then the error, then a close.
+            items.append(BadRequest(error.code, str(error), self.form, fatal=True))
+        return items
 
     def eof(self) -> list[Request | BadRequest]:
         """The client stopped sending: a final unterminated line still counts."""
@@ -304,12 +315,20 @@ class ServerConnection:
         """The error reply to ``request`` (or to the connection, if ``None``)."""
         form = request.form if request is not None else self.form
         request_id = getattr(request, "id", None)
+        payload = self._error_payload(form, request_id, code, message)
+        if self.max_frame is not None and len(payload) > self.max_frame:
+            # Only a command's own long message can get here (ids are bounded): keep the code.
+            payload = self._error_payload(form, request_id, code, "(message too long to send)")
+        return self.encode(payload)
+
+    @staticmethod
+    def _error_payload(form: Form, request_id: str | int | None, code: str, message: str) -> bytes:
         if form == "json":
             body: dict[str, Any] = {"ok": False, "error": {"code": code, "message": message}}
             if request_id is not None:
                 body = {"id": request_id, **body}
-            return self.encode(dumps(body))
-        return self.encode(f"ERR {code}: {message}".encode())
+            return dumps(body)
+        return f"ERR {code}: {message}".encode()
 
     def event(self, event: dict[str, Any]) -> bytes:
         """A server-initiated event, in the form of the client's latest request."""

@@ -75,9 +75,19 @@ class Decoder(Protocol):
 
 
 class _Failing:
-    """Remembers the first error so that a failed decoder keeps failing."""
+    """Remembers the first error so that a failed decoder keeps failing.
+
+    When bytes complete some payloads and then break the rules, :meth:`feed`
+    returns those payloads (they were valid, and their senders expect answers)
+    and raises the error on the next call; :attr:`error` tells at once.
+    """
 
     _error: RemoteProtocolError | None = None
+
+    @property
+    def error(self) -> RemoteProtocolError | None:
+        """The error this decoder failed with, or ``None`` while it is healthy."""
+        return self._error
 
     def _fail(self, error: RemoteProtocolError) -> RemoteProtocolError:
         self._error = error
@@ -110,35 +120,44 @@ class LengthPrefixDecoder(_Failing):
 
     def feed(self, data: bytes) -> list[bytes]:
         self._check()
-        if self._buffer:
-            self._buffer += data
-            source: bytes | bytearray = self._buffer
-        else:
-            # Fast path: frames that arrive whole are cut straight out of ``data``.
-            source = data
         frames: list[bytes] = []
-        position, end = 0, len(source)
-        with memoryview(source) as view:
-            while end - position >= HEADER_SIZE:
-                (size,) = _HEADER.unpack_from(source, position)
-                if self._max_size is not None and size > self._max_size:
-                    raise self._fail(
-                        FrameTooLarge(
-                            f"frame of {size} bytes exceeds the {self._max_size}-byte limit",
-                            size=size,
-                            limit=self._max_size,
-                        )
-                    )
-                start = position + HEADER_SIZE
-                if end - start < size:
-                    break
-                frames.append(bytes(view[start : start + size]))
-                position = start + size
-            if source is not self._buffer and position < end:
-                self._buffer = bytearray(view[position:])
-        if source is self._buffer:
-            del self._buffer[:position]  # only once the view is released
+        try:
+            if self._buffer:
+                self._buffer += data
+                with memoryview(self._buffer) as view:
+                    position = self._cut(view, len(self._buffer), frames)
+                del self._buffer[:position]  # only once the view is released
+            else:
+                # Fast path: frames that arrive whole are sliced straight out of ``data``
+                # (slicing bytes copies once, which is the one copy a payload needs).
+                position = self._cut(data, len(data), frames)
+                if position < len(data):
+                    self._buffer = bytearray(data[position:])
+        except RemoteProtocolError:
+            if not frames:
+                raise
         return frames
+
+    def _cut(self, source: bytes | memoryview, end: int, frames: list[bytes]) -> int:
+        position = 0
+        limit = self._max_size
+        unpack_from = _HEADER.unpack_from
+        while end - position >= HEADER_SIZE:
+            (size,) = unpack_from(source, position)
+            if limit is not None and size > limit:
+                raise self._fail(
+                    FrameTooLarge(
+                        f"frame of {size} bytes exceeds the {limit}-byte limit",
+                        size=size,
+                        limit=limit,
+                    )
+                )
+            start = position + HEADER_SIZE
+            if end - start < size:
+                break
+            position = start + size
+            frames.append(bytes(source[start:position]))
+        return position
 
     def eof(self) -> list[bytes]:
         self._check()
@@ -195,21 +214,25 @@ class DelimiterDecoder(_Failing):
         delimiter, width = self._delimiter, len(self._delimiter)
         start = 0
         search = max(0, self._scanned - width + 1)
-        while (found := buffer.find(delimiter, search)) != -1:
-            line = bytes(buffer[start:found])
-            if self._strip_cr and line.endswith(b"\r"):
-                line = line[:-1]
-            self._check_size(len(line))
-            lines.append(line)
-            start = search = found + width
-        if start:
-            del buffer[:start]
-        self._scanned = len(buffer)
-        if self._max_size is not None:
-            # The tail may hold a CR and all but one byte of the delimiter: not payload yet.
-            allowance = (width - 1) + (1 if self._strip_cr and buffer.endswith(b"\r") else 0)
-            if len(buffer) > self._max_size + allowance:
-                self._check_size(len(buffer), complete=False)
+        try:
+            while (found := buffer.find(delimiter, search)) != -1:
+                line = bytes(buffer[start:found])
+                if self._strip_cr and line.endswith(b"\r"):
+                    line = line[:-1]
+                self._check_size(len(line))
+                lines.append(line)
+                start = search = found + width
+            if start:
+                del buffer[:start]
+            self._scanned = len(buffer)
+            if self._max_size is not None:
+                # The tail may hold a CR and all but one byte of the delimiter: not payload yet.
+                allowance = (width - 1) + (1 if self._strip_cr and buffer.endswith(b"\r") else 0)
+                if len(buffer) > self._max_size + allowance:
+                    self._check_size(len(buffer), complete=False)
+        except RemoteProtocolError:
+            if not lines:
+                raise
         return lines
 
     def _check_size(self, size: int, *, complete: bool = True) -> None:

@@ -62,11 +62,16 @@ class _FramedEchoHandler(StreamHandler):
         self._decoder = LengthPrefixDecoder(max_size=max_frame)
 
     def data_received(self, data: bytes) -> None:
+        aligned = not self._decoder.buffered
         try:
             frames = self._decoder.feed(data)
         except RemoteProtocolError as exc:
             self.transport.write(encode_length_prefixed(f"ERR {exc.code}: {exc}".encode()))
             self.transport.close()
+            return
+        if aligned and not self._decoder.buffered and all(frames):
+            # The chunk was exactly whole, non-empty frames: their echo is the chunk itself.
+            self.transport.write(data)
             return
         write = self.transport.write
         for payload in frames:

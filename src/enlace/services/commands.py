@@ -139,6 +139,10 @@ class Command:
             if kind is None:
                 raise ValueError(f"/{name}: parameter {param.name} must be str, int, float or bool")
             self._params.append(_Parameter(param.name, kind, param.default))
+        # Most commands take text only; their text arguments need no conversion.
+        self._text_only = all(p.kind is str for p in self._params)
+        self._defaults = [p.default for p in self._params]
+        self._required = sum(1 for p in self._params if p.required)
         words = [p.name.upper() if p.required else f"[{p.name.upper()}]" for p in self._params]
         self.usage = " ".join([f"/{name}", *words])
 
@@ -152,6 +156,8 @@ class Command:
         words = rest.split(None, len(params) - 1) if rest else []
         if len(words) > len(params):
             raise CommandError("bad_arguments", f"too many arguments; usage: {self.usage}")
+        if self._text_only and len(words) >= self._required:
+            return words + self._defaults[len(words) :]
         return self._bind(words, lambda param, word: param.from_text(word, self.usage))
 
     def arguments_from_json(self, args: list[Any]) -> list[Any]:

@@ -138,7 +138,8 @@ class _MessageHandler(StreamHandler):
             name = item.name if isinstance(item, TextCommand) else item.cmd
             found = service.commands.get(name)
             if found is None:
-                message = f"unknown command /{name} (try /help)"
+                shown = name if len(name) <= 40 else name[:40] + "…"
+                message = f"unknown command /{shown} (try /help)"
                 self.transport.write(protocol.error(item, "unknown_command", message))
                 return
             command = found

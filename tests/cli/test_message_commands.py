@@ -1,0 +1,152 @@
+"""``enlace serve chat``, ``send`` and ``shell`` as a user runs them."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import struct
+import sys
+import time
+
+import pexpect
+import pyte
+import pytest
+
+from enlace.services.commands import Context
+from enlace.services.message import MessageService
+from tests.cli.support import ENLACE, run, server
+from tests.conftest import RUNTIMES, connect, read_exactly
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_serve_chat_answers_frames_and_lines_and_traces(runtime):
+    with server("serve", "chat", "--port", "0", "--runtime", runtime, "--trace") as cli:
+        with connect(("127.0.0.1", cli.port)) as sock:
+            sock.sendall(struct.pack(">I", 11) + b"/upper hola")
+            assert read_exactly(sock, 8) == struct.pack(">I", 4) + b"HOLA"
+        with connect(("127.0.0.1", cli.port)) as sock:
+            sock.sendall(b"/echo por nc\n")
+            assert read_exactly(sock, 7) == b"por nc\n"
+            sock.sendall(b"\xff\xfe\n")
+        code, err = cli.stop()
+    assert code == 0
+    assert b"<- 127.0.0.1:" in err
+    assert b"11 B  /upper hola" in err
+    assert b"4 B  HOLA" in err
+    assert b"2 B  hex ff fe" in err  # not UTF-8: shown as hex
+
+
+def test_send_prints_the_reply():
+    with server("serve", "chat", "--port", "0") as cli:
+        address = f"127.0.0.1:{cli.port}"
+        assert run("send", address, "/upper hola servidor").stdout == b"HOLA SERVIDOR\n"
+        result = run("send", "--json", address, "/upper hola")
+        assert result.stdout == b'{"id":1,"ok":true,"result":"HOLA"}\n'
+        result = run("send", "--json", address, '{"cmd": "echo", "args": ["x y"]}')
+        assert result.stdout == b'{"id":1,"ok":true,"result":"x y"}\n'
+        failed = run("send", address, "/nope")
+        assert failed.returncode == 1
+        assert failed.stderr == b"ERR unknown_command: unknown command /nope (try /help)\n"
+        failed = run("send", "--json", address, "/nope")
+        assert failed.returncode == 1
+        assert b'"ok":false' in failed.stdout
+        traced = run("send", "--trace", address, "/ping")
+        assert b"-> 127.0.0.1:" in traced.stderr
+        assert b'{"id":1,"cmd":"ping","line":""}' in traced.stderr
+        assert cli.stop()[0] == 0
+
+
+def test_send_to_nothing_is_one_clear_line():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    result = run("send", f"127.0.0.1:{port}", "/ping")
+    assert result.returncode == 1
+    assert result.stderr.decode().strip() == (
+        f"enlace: cannot connect to 127.0.0.1:{port}: connection refused"
+    )
+
+
+def test_shell_without_a_terminal_reads_lines():
+    with server("serve", "chat", "--port", "0") as cli:
+        result = run("shell", f"127.0.0.1:{cli.port}", stdin=b"/upper uno\n/nope\n/quit\n/ping\n")
+        assert result.stdout == (
+            b"UNO\nERR unknown_command: unknown command /nope (try /help)\nbye\n"
+        )
+        assert result.returncode == 0
+
+
+class Terminal:
+    """``enlace shell`` in a real pseudo-terminal, read back through a terminal emulator."""
+
+    def __init__(self, address: tuple[str, int], tmp_path) -> None:
+        self.screen = pyte.Screen(80, 24)
+        self.stream = pyte.ByteStream(self.screen)
+        # pyte cannot answer prompt_toolkit's cursor-position request; real terminals do.
+        env = {
+            **os.environ,
+            "TERM": "xterm",
+            "XDG_STATE_HOME": str(tmp_path),
+            "PROMPT_TOOLKIT_NO_CPR": "1",
+        }
+        self.child = pexpect.spawn(
+            ENLACE[0], [*ENLACE[1:], "shell", f"{address[0]}:{address[1]}"],
+            env=env, dimensions=(24, 80),
+        )  # fmt: skip
+
+    def lines(self) -> list[str]:
+        return [line.rstrip() for line in self.screen.display]
+
+    def wait_for(self, predicate, timeout: float = 10) -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate(self.lines()):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError("screen never matched:\n" + "\n".join(self.lines()))
+            with contextlib.suppress(pexpect.TIMEOUT):
+                self.stream.feed(self.child.read_nonblocking(65536, timeout=min(remaining, 0.5)))
+
+    def type(self, text: str) -> None:
+        self.child.send(text)
+
+    def close(self) -> None:
+        self.child.terminate(force=True)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="needs a Linux pseudo-terminal")
+def test_shell_keeps_the_typed_line_intact_when_a_push_arrives(serve, tmp_path):
+    service = MessageService()
+
+    @service.command
+    def shout(ctx: Context, text: str) -> str:
+        ctx.service.broadcast({"event": "shout", "text": text}, exclude=ctx.session)
+        return "sent"
+
+    running = serve(service)
+    prompt = f"127.0.0.1:{running.address[1]}> "
+    terminal = Terminal(running.address, tmp_path)
+    try:
+        terminal.wait_for(lambda lines: prompt.rstrip() in lines)
+        terminal.type("/upper hola\r")
+        terminal.wait_for(lambda lines: "HOLA" in lines)
+        terminal.type("/upper abc")  # half-typed, no Enter yet
+        terminal.wait_for(lambda lines: (prompt + "/upper abc") in lines)
+        with connect(running.address) as other:
+            other.sendall(b"/shout un mensaje empujado\n")
+            assert read_exactly(other, 5) == b"sent\n"
+        # The push appears above the prompt, and the half-typed line is untouched.
+        typed = prompt + "/upper abc"
+
+        def pushed_above_the_intact_line(lines: list[str]) -> bool:
+            pushed = "* un mensaje empujado"
+            return pushed in lines and typed in lines and lines.index(pushed) < lines.index(typed)
+
+        terminal.wait_for(pushed_above_the_intact_line)
+        terminal.type("def\r")
+        terminal.wait_for(lambda lines: "ABCDEF" in lines)
+        terminal.type("/quit\r")
+        terminal.wait_for(lambda lines: "bye" in lines)
+        terminal.child.expect(pexpect.EOF, timeout=10)
+    finally:
+        terminal.close()
