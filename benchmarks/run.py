@@ -15,8 +15,10 @@ Suites:
   back unchanged) on enlace's asyncio and threads runtimes and on asyncio streams, an
   ``asyncio.Protocol``, that Protocol on uvloop, ``socketserver.ThreadingTCPServer`` and
   Twisted's ``Int32StringReceiver`` (the peers live in ``peers/``).
-- ``roundtrip``: a command round trip on enlace's message server: each request is the frame
-  ``/echo xxx...`` and its reply is one frame.
+- ``roundtrip``: a text command round trip: each request is the frame ``/echo xxx...`` and its
+  reply the one frame ``xxx...``, on enlace's message server (both runtimes) and on command
+  servers built on the same five peer libraries (the peers' ``--commands`` mode: the frame
+  decoded as UTF-8, the command name split off and looked up in a table, the result framed).
 
 To add a server, add a ``Server`` to a suite's ``servers``; to add a suite, add a ``Suite`` to
 ``SUITES``.  Only 127.0.0.1 (or another loopback address a server reports) is ever connected to.
@@ -44,7 +46,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Literal
 
 __all__ = [
     "CONFIGS",
@@ -121,7 +123,9 @@ class Suite:
     configs: tuple[Config, ...]
     ratios: tuple[Ratio, ...] = ()
     prefix: str = ""  # each payload starts with this text, then 'x' filler
-    verify: bool = True  # each reply must equal the request payload
+    # How replies are checked: "payload" (each reply equals the request payload),
+    # "after-prefix" (it equals the payload after the prefix, as /echo answers) or "none".
+    verify: Literal["payload", "after-prefix", "none"] = "payload"
     settle: float = 0.0  # seconds to discard greetings after a connection's first request
 
 
@@ -129,8 +133,27 @@ def _enlace(*args: str) -> tuple[str, ...]:
     return ("-m", "enlace", "serve", *args)
 
 
-def _peer(script: str) -> tuple[str, ...]:
-    return (str(PEERS / script), "--port", "0")
+def _peer(script: str, *args: str) -> tuple[str, ...]:
+    return (str(PEERS / script), "--port", "0", *args)
+
+
+def _peers(*args: str) -> tuple[Server, ...]:
+    """The five Python peers, each started with ``args`` after ``--port 0``."""
+    return (
+        Server("asyncio-streams", _peer("asyncio_streams.py", *args), "peer"),
+        Server("asyncio-protocol", _peer("asyncio_protocol.py", *args), "peer"),
+        Server(
+            "uvloop", _peer("uvloop_protocol.py", *args), "peer", ("uvloop",), "pip install uvloop"
+        ),
+        Server("socketserver", _peer("socketserver_threads.py", *args), "peer"),
+        Server(
+            "twisted",
+            _peer("twisted_int32.py", *args),
+            "peer",
+            ("twisted",),
+            "pip install twisted",
+        ),
+    )
 
 
 CONFIGS: tuple[Config, ...] = (
@@ -141,6 +164,10 @@ CONFIGS: tuple[Config, ...] = (
 )
 
 PYTHON_PEERS = ("asyncio-streams", "asyncio-protocol", "uvloop", "socketserver", "twisted")
+RATIOS = (
+    Ratio("enlace-asyncio / best peer", "enlace-asyncio", PYTHON_PEERS),
+    Ratio("enlace-threads / socketserver", "enlace-threads", ("socketserver",)),
+)
 
 SUITES: dict[str, Suite] = {
     suite.name: suite
@@ -159,33 +186,31 @@ SUITES: dict[str, Suite] = {
                     _enlace("echo", "--framed", "--port", "0", "--runtime", "threads"),
                     "enlace",
                 ),
-                Server("asyncio-streams", _peer("asyncio_streams.py"), "peer"),
-                Server("asyncio-protocol", _peer("asyncio_protocol.py"), "peer"),
-                Server(
-                    "uvloop", _peer("uvloop_protocol.py"), "peer", ("uvloop",), "pip install uvloop"
-                ),
-                Server("socketserver", _peer("socketserver_threads.py"), "peer"),
-                Server(
-                    "twisted",
-                    _peer("twisted_int32.py"),
-                    "peer",
-                    ("twisted",),
-                    "pip install twisted",
-                ),
+                *_peers(),
             ),
             configs=CONFIGS,
-            ratios=(
-                Ratio("enlace-asyncio / best peer", "enlace-asyncio", PYTHON_PEERS),
-                Ratio("enlace-threads / socketserver", "enlace-threads", ("socketserver",)),
-            ),
+            ratios=RATIOS,
         ),
         Suite(
             name="roundtrip",
-            description="command round trip on the message server: '/echo xxx...' -> one frame",
-            servers=(Server("enlace-chat", _enlace("chat", "--port", "0"), "enlace"),),
+            description="text command round trip: '/echo xxx...' -> the frame 'xxx...'",
+            servers=(
+                Server(
+                    "enlace-asyncio",
+                    _enlace("chat", "--port", "0", "--runtime", "asyncio"),
+                    "enlace",
+                ),
+                Server(
+                    "enlace-threads",
+                    _enlace("chat", "--port", "0", "--runtime", "threads"),
+                    "enlace",
+                ),
+                *_peers("--commands"),
+            ),
             configs=tuple(c for c in CONFIGS if c.key != "large"),
+            ratios=RATIOS,
             prefix="/echo ",
-            verify=False,
+            verify="after-prefix",
             settle=0.3,
         ),
     )
@@ -246,8 +271,10 @@ def run_loadgen(
         cmd += ["--prefix", suite.prefix]
     if suite.settle:
         cmd += ["--settle", str(suite.settle)]
-    if not suite.verify:
+    if suite.verify == "none":
         cmd.append("--no-verify")
+    elif suite.verify == "after-prefix":
+        cmd.append("--expect-after-prefix")
     bound = 3.0 + suite.settle + warmup + duration + LOADGEN_SLACK
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=bound, check=False)

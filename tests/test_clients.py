@@ -202,7 +202,6 @@ def test_pending_requests_fail_when_the_connection_closes(serve, runtime):
             async def main() -> None:
                 async with enlace.asyncio.Client(*server.address) as client:
                     pending = asyncio.ensure_future(client.request("stuck"))
-                    await asyncio.sleep(0)  # let the request go out
                     await asyncio.get_running_loop().run_in_executor(None, server.shutdown, 0.0)
                     with pytest.raises(ConnectionClosed):
                         await pending

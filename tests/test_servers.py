@@ -28,7 +28,7 @@ def test_connection_cap_refuses_the_extra_client_clearly(serve):
     echo_once(second)  # both are being served, so both hold a slot
     with connect(server.address) as third:
         refusal = read_to_eof(third)
-    assert refusal == b"ERR busy: server busy: 2 connections already\r\n"
+    assert refusal == b"ERR busy: too many connections (limit 2)\r\n"
     echo_once(first)  # the others are untouched
     second.close()
     first.close()
@@ -56,7 +56,7 @@ def test_framed_service_refuses_in_a_frame(serve):
         assert read_exactly(first, 5) == b"\0\0\0\x01a"
         with connect(server.address) as second:
             refusal = read_to_eof(second)
-    assert refusal[4:] == b"ERR busy: server busy: 1 connections already"
+    assert refusal[4:] == b"ERR busy: too many connections (limit 1)"
     assert int.from_bytes(refusal[:4], "big") == len(refusal) - 4
 
 

@@ -67,7 +67,7 @@ struct conn {
     uint8_t hdr[4];
     uint32_t hdr_have;   /* header bytes of the current frame received so far (0..4) */
     uint32_t body_len, body_left;
-    int mismatch;        /* the current frame differs from the request payload */
+    int mismatch;        /* the current frame differs from the expected reply */
     uint64_t replies;    /* replies in the measurement window */
     int dirty;           /* on the list of connections to flush after this wakeup */
 };
@@ -82,13 +82,16 @@ static struct {
     const char *prefix;
     const char *payload_file;
     int verify;
+    int after_prefix; /* the expected reply is the payload after --prefix */
     uint32_t max_frame;
-} opt = {"127.0.0.1", NULL, 10, 64, 1, 5.0, 1.0, 0.0, 3.0, NULL, NULL, 1, 16u << 20};
+} opt = {"127.0.0.1", NULL, 10, 64, 1, 5.0, 1.0, 0.0, 3.0, NULL, NULL, 1, 0, 16u << 20};
 
 static uint8_t *frame;      /* header + payload of the one request every connection sends */
 static size_t frame_len;
 static uint8_t *payload;
 static uint32_t payload_len;
+static const uint8_t *expected; /* the reply each request must get (with verification on) */
+static uint32_t expected_len;
 static uint8_t rbuf[READ_BUF_SIZE];
 
 static enum phase phase = PH_CONNECT;
@@ -272,7 +275,7 @@ static int conn_consume(struct conn *c, const uint8_t *p, size_t n, uint64_t t) 
                     return -1;
                 }
                 c->body_len = c->body_left = len;
-                c->mismatch = opt.verify && len != payload_len;
+                c->mismatch = opt.verify && len != expected_len;
                 if (len == 0) {
                     c->hdr_have = 0;
                     frame_done(c, t);
@@ -282,7 +285,7 @@ static int conn_consume(struct conn *c, const uint8_t *p, size_t n, uint64_t t) 
             size_t take = c->body_left < n ? c->body_left : n;
             if (opt.verify && !c->mismatch) {
                 size_t at = c->body_len - c->body_left;
-                if (memcmp(p, payload + at, take) != 0) c->mismatch = 1;
+                if (memcmp(p, expected + at, take) != 0) c->mismatch = 1;
             }
             p += take;
             n -= take;
@@ -350,6 +353,8 @@ static void usage(FILE *f) {
             "  --prefix TEXT           payload starts with TEXT, then 'x' up to --size\n"
             "  --payload-file PATH     payload is the file's bytes (--size is ignored)\n"
             "  --no-verify             do not check that each reply equals the request payload\n"
+            "  --expect-after-prefix   check that each reply equals the payload after --prefix\n"
+            "                          instead (what a server's /echo command sends back)\n"
             "  --max-frame BYTES       largest reply frame accepted (default 16 MiB)\n"
             "  --connect-timeout SEC   time allowed to connect (default 3)\n"
             "Prints one JSON line with requests/s, MB/s, latency percentiles and fairness.\n");
@@ -376,7 +381,7 @@ static long parse_long(const char *s, const char *name, long lo, long hi) {
 }
 
 static void parse_args(int argc, char **argv) {
-    enum { O_HOST = 256, O_PORT, O_SETTLE, O_PREFIX, O_FILE, O_NOVERIFY, O_MAXF, O_CTO };
+    enum { O_HOST = 256, O_PORT, O_SETTLE, O_PREFIX, O_FILE, O_NOVERIFY, O_AFTER, O_MAXF, O_CTO };
     static const struct option longopts[] = {
         {"host", required_argument, NULL, O_HOST},
         {"port", required_argument, NULL, O_PORT},
@@ -389,6 +394,7 @@ static void parse_args(int argc, char **argv) {
         {"prefix", required_argument, NULL, O_PREFIX},
         {"payload-file", required_argument, NULL, O_FILE},
         {"no-verify", no_argument, NULL, O_NOVERIFY},
+        {"expect-after-prefix", no_argument, NULL, O_AFTER},
         {"max-frame", required_argument, NULL, O_MAXF},
         {"connect-timeout", required_argument, NULL, O_CTO},
         {"help", no_argument, NULL, 'h'},
@@ -408,6 +414,7 @@ static void parse_args(int argc, char **argv) {
         case O_PREFIX: opt.prefix = optarg; break;
         case O_FILE: opt.payload_file = optarg; break;
         case O_NOVERIFY: opt.verify = 0; break;
+        case O_AFTER: opt.after_prefix = 1; break;
         case O_MAXF: opt.max_frame = (uint32_t)parse_long(optarg, "max-frame", 0, 0xffffffffL); break;
         case O_CTO: opt.connect_timeout = parse_double(optarg, "connect-timeout"); break;
         case 'h': usage(stdout); exit(0);
@@ -416,6 +423,10 @@ static void parse_args(int argc, char **argv) {
     }
     if (optind != argc || opt.port == NULL) {
         usage(stderr);
+        exit(2);
+    }
+    if (opt.after_prefix && (opt.prefix == NULL || opt.payload_file != NULL)) {
+        fprintf(stderr, "loadgen: --expect-after-prefix needs --prefix (and no --payload-file)\n");
         exit(2);
     }
     if (opt.duration <= 0) {
@@ -457,6 +468,9 @@ static void build_payload(void) {
     }
     if (len > 0xffffffffu) exit(2);
     payload_len = (uint32_t)len;
+    size_t skip = opt.after_prefix ? strlen(opt.prefix) : 0;
+    expected = payload + skip;
+    expected_len = (uint32_t)(len - skip);
     frame_len = 4 + len;
     frame = malloc(frame_len);
     if (!frame) exit(2);

@@ -1,7 +1,10 @@
-"""Framed echo server on ``asyncio.Protocol`` with a buffered frame parser.
+"""Framed echo server, or with ``--commands`` a command server, on ``asyncio.Protocol``.
 
-Usage: ``python asyncio_protocol.py --port 0``.  Prints ``listening on 127.0.0.1:PORT`` when ready
-and echoes every frame (4-byte big-endian length, then the payload) until SIGTERM or Ctrl-C.
+Usage: ``python asyncio_protocol.py --port 0 [--commands]``.  Prints
+``listening on 127.0.0.1:PORT`` when ready and serves until SIGTERM or Ctrl-C: it echoes every
+frame (4-byte big-endian length, then the payload), or with ``--commands`` answers each frame as
+enlace's message server answers text commands (``textcommands.py``).  A buffered parser takes the
+frames out of each chunk received, and all their replies go out in one ``writelines``.
 ``uvloop_protocol.py`` runs this same server on uvloop.
 """
 
@@ -13,7 +16,9 @@ import signal
 import struct
 from typing import cast
 
-__all__ = ["MAX_FRAME", "FramedEcho", "main", "serve"]
+from textcommands import frame_too_large, respond  # this script's folder is on sys.path
+
+__all__ = ["MAX_FRAME", "FramedCommands", "FramedEcho", "main", "serve"]
 
 MAX_FRAME = 1 << 20  # 1 MiB, the message server's default limit
 HEADER = struct.Struct(">I")
@@ -66,13 +71,49 @@ class FramedEcho(asyncio.Protocol):
             self._transport.resume_reading()
 
 
-async def serve(host: str, port: int) -> None:
+class FramedCommands(FramedEcho):
+    """Parses the frames in each chunk received and writes all their replies at once."""
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self._buffer
+        buffer += data
+        size = len(buffer)
+        unpack_from = HEADER.unpack_from
+        pack = HEADER.pack
+        replies: list[bytes] = []
+        pos = 0
+        while size - pos >= 4:
+            (length,) = unpack_from(buffer, pos)
+            if length > MAX_FRAME:
+                # The frames before this one are answered, then this error, then the close.
+                error = frame_too_large(length)
+                replies += (pack(len(error)), error)
+                assert self._transport is not None
+                self._transport.writelines(replies)
+                self._transport.close()
+                return
+            end = pos + 4 + length
+            if end > size:
+                break
+            reply = respond(bytes(buffer[pos + 4 : end]))
+            if reply is not None:
+                replies.append(pack(len(reply)))
+                replies.append(reply)
+            pos = end
+        if pos:
+            del buffer[:pos]
+        if replies:
+            assert self._transport is not None
+            self._transport.writelines(replies)
+
+
+async def serve(host: str, port: int, protocol: type[FramedEcho] = FramedEcho) -> None:
     """Serve until SIGTERM or SIGINT, on whatever event loop is running."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    server = await loop.create_server(FramedEcho, host, port, backlog=1024)
+    server = await loop.create_server(protocol, host, port, backlog=1024)
     sockname = server.sockets[0].getsockname()
     print(f"listening on {sockname[0]}:{sockname[1]}", flush=True)
     async with server:
@@ -84,8 +125,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--commands", action="store_true", help="answer text commands, not echo")
     args = parser.parse_args()
-    asyncio.run(serve(args.host, args.port))
+    asyncio.run(serve(args.host, args.port, FramedCommands if args.commands else FramedEcho))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,10 @@
-"""Framed echo server on asyncio streams (``StreamReader.readexactly``).
+"""Framed echo server, or with ``--commands`` a command server, on asyncio streams.
 
-Usage: ``python asyncio_streams.py --port 0``.  Prints ``listening on 127.0.0.1:PORT`` when ready
-and echoes every frame (4-byte big-endian length, then the payload) until SIGTERM or Ctrl-C.
+Usage: ``python asyncio_streams.py --port 0 [--commands]``.  Prints
+``listening on 127.0.0.1:PORT`` when ready and serves until SIGTERM or Ctrl-C: it echoes every
+frame (4-byte big-endian length, then the payload), or with ``--commands`` answers each frame
+as enlace's message server answers text commands (``textcommands.py``).  Frames are read with
+``StreamReader.readexactly`` and each reply written with ``write`` + ``drain``.
 """
 
 from __future__ import annotations
@@ -11,8 +14,11 @@ import asyncio
 import contextlib
 import signal
 import struct
+from collections.abc import Awaitable, Callable
 
-__all__ = ["MAX_FRAME", "handle", "main", "serve"]
+from textcommands import frame_too_large, respond  # this script's folder is on sys.path
+
+__all__ = ["MAX_FRAME", "handle", "handle_commands", "main", "serve"]
 
 MAX_FRAME = 1 << 20  # 1 MiB, the message server's default limit
 HEADER = struct.Struct(">I")
@@ -37,14 +43,39 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
             await writer.wait_closed()
 
 
-async def serve(host: str, port: int) -> None:
+async def handle_commands(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Answer text commands on one connection until the client goes away."""
+    pack = HEADER.pack
+    try:
+        while True:
+            (length,) = HEADER.unpack(await reader.readexactly(4))
+            if length > MAX_FRAME:
+                error = frame_too_large(length)
+                writer.write(pack(len(error)) + error)  # sent before the close below
+                break
+            reply = respond(await reader.readexactly(length))
+            if reply is not None:
+                writer.write(pack(len(reply)) + reply)
+                await writer.drain()
+    except (asyncio.IncompleteReadError, ConnectionError):
+        pass
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+async def serve(host: str, port: int, handler: Handler = handle) -> None:
     """Serve until SIGTERM or SIGINT."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     # A read buffer as large as the biggest frame, and a listen backlog for bursts of clients.
-    server = await asyncio.start_server(handle, host, port, limit=2 * MAX_FRAME, backlog=1024)
+    server = await asyncio.start_server(handler, host, port, limit=2 * MAX_FRAME, backlog=1024)
     sockname = server.sockets[0].getsockname()
     print(f"listening on {sockname[0]}:{sockname[1]}", flush=True)
     async with server:
@@ -56,8 +87,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--commands", action="store_true", help="answer text commands, not echo")
     args = parser.parse_args()
-    asyncio.run(serve(args.host, args.port))
+    asyncio.run(serve(args.host, args.port, handle_commands if args.commands else handle))
 
 
 if __name__ == "__main__":

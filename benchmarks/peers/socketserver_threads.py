@@ -1,7 +1,11 @@
-"""Framed echo server on ``socketserver.ThreadingTCPServer`` (a thread per connection).
+"""Framed echo, or with ``--commands`` text commands, on ``socketserver.ThreadingTCPServer``.
 
-Usage: ``python socketserver_threads.py --port 0``.  Prints ``listening on 127.0.0.1:PORT`` when
-ready and echoes every frame (4-byte big-endian length, then the payload) until SIGTERM or Ctrl-C.
+Usage: ``python socketserver_threads.py --port 0 [--commands]``.  Prints
+``listening on 127.0.0.1:PORT`` when ready and serves until SIGTERM or Ctrl-C, a thread per
+connection: it echoes every frame (4-byte big-endian length, then the payload), or with
+``--commands`` answers each frame as enlace's message server answers text commands
+(``textcommands.py``).  Frames are read through the buffered ``rfile``; each reply is sent with
+one ``sendall``.
 """
 
 from __future__ import annotations
@@ -14,7 +18,9 @@ import struct
 import threading
 from types import FrameType
 
-__all__ = ["MAX_FRAME", "EchoServer", "FramedEchoHandler", "main"]
+from textcommands import frame_too_large, respond  # this script's folder is on sys.path
+
+__all__ = ["MAX_FRAME", "EchoServer", "FramedCommandHandler", "FramedEchoHandler", "main"]
 
 MAX_FRAME = 1 << 20  # 1 MiB, the message server's default limit
 HEADER = struct.Struct(">I")
@@ -47,6 +53,33 @@ class FramedEchoHandler(socketserver.StreamRequestHandler):
             return
 
 
+class FramedCommandHandler(FramedEchoHandler):
+    """Reads frames through the buffered ``rfile`` and sends each reply with one ``sendall``."""
+
+    def handle(self) -> None:
+        read = self.rfile.read
+        sendall = self.connection.sendall
+        pack = HEADER.pack
+        try:
+            while True:
+                header = read(4)
+                if len(header) < 4:
+                    return
+                (length,) = HEADER.unpack(header)
+                if length > MAX_FRAME:
+                    error = frame_too_large(length)
+                    sendall(pack(len(error)) + error)
+                    return
+                payload = read(length)
+                if len(payload) < length:
+                    return
+                reply = respond(payload)
+                if reply is not None:
+                    sendall(pack(len(reply)) + reply)
+        except ConnectionError:
+            return
+
+
 class EchoServer(socketserver.ThreadingTCPServer):
     """A thread per connection; threads do not keep the process alive at exit."""
 
@@ -61,8 +94,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--commands", action="store_true", help="answer text commands, not echo")
     args = parser.parse_args()
-    with EchoServer((args.host, args.port), FramedEchoHandler) as server:
+    handler = FramedCommandHandler if args.commands else FramedEchoHandler
+    with EchoServer((args.host, args.port), handler) as server:
 
         def stop(signum: int, frame: FrameType | None) -> None:
             # shutdown() waits for serve_forever() to return, so it must run in another thread.

@@ -1,8 +1,10 @@
-"""Framed echo server on Twisted's ``Int32StringReceiver``.
+"""Framed echo, or with ``--commands`` text commands, on Twisted's ``Int32StringReceiver``.
 
-Usage: ``python twisted_int32.py --port 0`` (needs ``pip install twisted``).  Prints
-``listening on 127.0.0.1:PORT`` when ready and echoes every frame (4-byte big-endian length, then
-the payload) until SIGTERM or Ctrl-C (Twisted's reactor stops on both).
+Usage: ``python twisted_int32.py --port 0 [--commands]`` (needs ``pip install twisted``).
+Prints ``listening on 127.0.0.1:PORT`` when ready and serves until SIGTERM or Ctrl-C (Twisted's
+reactor stops on both): it echoes every frame (4-byte big-endian length, then the payload), or
+with ``--commands`` answers each frame as enlace's message server answers text commands
+(``textcommands.py``).
 """
 
 from __future__ import annotations
@@ -10,11 +12,12 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from textcommands import frame_too_large, respond  # this script's folder is on sys.path
 from twisted.internet import reactor as _reactor
 from twisted.internet.protocol import Factory
 from twisted.protocols.basic import Int32StringReceiver
 
-__all__ = ["MAX_FRAME", "FramedEcho", "main"]
+__all__ = ["MAX_FRAME", "FramedCommands", "FramedEcho", "main"]
 
 MAX_FRAME = 1 << 20  # 1 MiB, the message server's default limit
 # The global reactor provides several interfaces at once, which no single static type describes.
@@ -34,13 +37,31 @@ class FramedEcho(Int32StringReceiver):
         self.sendString(string)  # type: ignore[no-untyped-call]
 
 
+class FramedCommands(FramedEcho):
+    """Answers every string (frame payload) that is not empty with one frame."""
+
+    def stringReceived(self, string: bytes) -> None:  # Twisted's method name
+        reply = respond(string)
+        if reply is not None:
+            self.sendString(reply)  # type: ignore[no-untyped-call]
+
+    def lengthLimitExceeded(self, length: int) -> None:  # Twisted's method name
+        # Twisted's default drops the connection; answer first, as the message server does.
+        self.sendString(frame_too_large(length))  # type: ignore[no-untyped-call]
+        if self.transport is not None:
+            # After the buffered reply is written.  (zope.interface methods have no self, which
+            # mypy reads as a bad signature.)
+            self.transport.loseConnection()  # type: ignore[misc]
+
+
 def main() -> None:
     """Parse the command line and run the reactor."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--commands", action="store_true", help="answer text commands, not echo")
     args = parser.parse_args()
-    factory = Factory.forProtocol(FramedEcho)
+    factory = Factory.forProtocol(FramedCommands if args.commands else FramedEcho)
     port = reactor.listenTCP(args.port, factory, backlog=1024, interface=args.host)
     address = port.getHost()
     print(f"listening on {address.host}:{address.port}", flush=True)

@@ -1,7 +1,7 @@
-"""The ``asyncio_protocol.py`` framed echo server, run on uvloop.
+"""The ``asyncio_protocol.py`` server (framed echo, or with ``--commands`` text commands) on uvloop.
 
-Usage: ``python uvloop_protocol.py --port 0`` (needs ``pip install uvloop``).  Prints
-``listening on 127.0.0.1:PORT`` when ready and echoes frames until SIGTERM or Ctrl-C.
+Usage: ``python uvloop_protocol.py --port 0 [--commands]`` (needs ``pip install uvloop``).
+Prints ``listening on 127.0.0.1:PORT`` when ready and serves until SIGTERM or Ctrl-C.
 """
 
 from __future__ import annotations
@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 
 import uvloop
-from asyncio_protocol import serve  # this script's folder is on sys.path
+
+# This script's folder is on sys.path.
+from asyncio_protocol import FramedCommands, FramedEcho, serve
 
 __all__ = ["main"]
 
@@ -19,8 +21,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--commands", action="store_true", help="answer text commands, not echo")
     args = parser.parse_args()
-    uvloop.run(serve(args.host, args.port))
+    uvloop.run(serve(args.host, args.port, FramedCommands if args.commands else FramedEcho))
 
 
 if __name__ == "__main__":

@@ -31,6 +31,9 @@ import java.util.Map;
  *   java -cp build EnlaceClient HOST PORT --send "/upper hola" --json
  * </pre>
  *
+ * <p>With {@code --json}, what the user types goes as a JSON request with an id, as enlace's own
+ * client sends it: {@code /upper hola} becomes {@code {"id":1,"cmd":"upper","line":"hola"}}.
+ *
  * <p>Interactive mode is the classic two-thread client. The main thread reads lines from the
  * console and sends each as a frame; a listener thread prints every frame that arrives. Two
  * threads are needed because a server may send at any moment (a chat message from someone
@@ -53,8 +56,8 @@ public final class EnlaceClient {
     static final PrintStream OUT =
             new PrintStream(new FileOutputStream(FileDescriptor.out), true, StandardCharsets.UTF_8);
 
-    static final String USAGE = "usage: java -cp build EnlaceClient HOST PORT [--send MESSAGE [--json]]\n"
-            + "       interactive without --send (add --json to send /commands as JSON requests)";
+    static final String USAGE = "usage: java -cp build EnlaceClient HOST PORT [--send MESSAGE] [--json]\n"
+            + "       interactive without --send; --json sends what you type as JSON requests";
 
     public static void main(String[] args) {
         List<String> positional = new ArrayList<>();
@@ -63,7 +66,8 @@ public final class EnlaceClient {
         for (int i = 0; i < args.length; i++) {
             switch (args[i]) {
                 case "--send" -> {
-                    if (++i >= args.length) {
+                    // An empty message would be an empty frame: a keep-alive, never answered.
+                    if (++i >= args.length || args[i].isEmpty()) {
                         usage("--send needs a message");
                     }
                     send = args[i];
@@ -93,9 +97,6 @@ public final class EnlaceClient {
         }
         if (port < 1 || port > 65535) {
             usage("PORT must be a number from 1 to 65535");
-        }
-        if (send != null && json && !send.startsWith("/")) {
-            usage("with --json, the message must be a command such as \"/upper hola\"");
         }
 
         Socket socket = connect(host, port);
@@ -136,6 +137,7 @@ public final class EnlaceClient {
     // One-shot mode: one request, one reply
     // ----------------------------------------------------------------------------------------
 
+    /** Sends one message and prints its reply. Exit status 1 for a JSON error reply. */
     static int oneShot(Socket socket, String message, boolean json) throws IOException {
         DataInputStream in = new DataInputStream(new BufferedInputStream(socket.getInputStream()));
         DataOutputStream out = new DataOutputStream(new BufferedOutputStream(socket.getOutputStream()));
@@ -149,14 +151,17 @@ public final class EnlaceClient {
                     System.err.println("error: the server closed the connection without replying");
                     return 1;
                 }
-                if (frame.isEmpty()) {
-                    continue; // a keep-alive from the server
-                }
-                // In text form a reply looks like anything else, so the first frame is the reply.
-                // In JSON form we can tell: a reply has "ok" (and our "id"); an event has neither.
-                if (!json || isReply(frame)) {
+                // In text form a reply looks like anything else, so the first frame is the reply
+                // (even an empty one: the server sends no keep-alives, so it is an empty text).
+                // In JSON form we can tell: a reply has "ok"; an event has "event" instead.
+                if (!json) {
                     OUT.println(frame);
                     return 0;
+                }
+                Map<?, ?> reply = replyIn(frame);
+                if (reply != null) {
+                    OUT.println(frame);
+                    return Boolean.FALSE.equals(reply.get("ok")) ? 1 : 0;
                 }
                 // An event pushed before our reply: show it, but keep stdout for the reply so
                 // that scripts can parse it.
@@ -171,31 +176,50 @@ public final class EnlaceClient {
     }
 
     /**
-     * "/upper hola mundo" becomes {"id": 1, "cmd": "upper", "args": ["hola mundo"]}.
+     * What the user typed, as a JSON request with the given id, the way enlace's own client
+     * sends it: the server splits a {@code "line"} exactly as if the text had been typed after
+     * the command, so the client needs to know nothing about the command's arguments.
      *
-     * <p>The rest of the line goes as ONE argument: the client cannot know how many arguments
-     * a command takes, and most take one text (enlace matches JSON args to parameters one by
-     * one, so ["hola", "mundo"] would be one argument too many for /upper).
+     * <ul>
+     *   <li>{@code /upper hola mundo} becomes {@code {"id":1,"cmd":"upper","line":"hola mundo"}};
+     *   <li>chat text, {@code hola} (or {@code //x}, the text "/x"), becomes
+     *       {@code {"id":1,"cmd":"say","line":"hola"}};
+     *   <li>a line that already is a JSON object, {@code {...}}, is sent as it is.
+     * </ul>
      */
     static String toJsonRequest(String line, long id) {
-        int space = line.indexOf(' ');
-        String cmd = space < 0 ? line.substring(1) : line.substring(1, space);
-        String rest = space < 0 ? "" : line.substring(space + 1).strip();
-        List<String> args = rest.isEmpty() ? List.of() : List.of(rest);
+        if (line.startsWith("{")) {
+            return line;
+        }
+        String cmd;
+        String rest;
+        if (line.startsWith("/") && !line.startsWith("//")) {
+            int space = line.indexOf(' ');
+            cmd = space < 0 ? line.substring(1) : line.substring(1, space);
+            rest = space < 0 ? "" : line.substring(space + 1).strip();
+        } else {
+            cmd = "say";
+            rest = line.startsWith("//") ? line.substring(1) : line;
+        }
         Map<String, Object> request = new LinkedHashMap<>();
         request.put("id", new Json.Number(Long.toString(id)));
         request.put("cmd", cmd);
-        request.put("args", args);
+        request.put("line", rest);
         return Json.write(request);
     }
 
-    static boolean isReply(String frame) {
+    /** The frame as a JSON object if it is a reply (it has "ok"), else null (an event, text). */
+    static Map<?, ?> replyIn(String frame) {
+        Object value;
         try {
-            return Json.parse(frame) instanceof Map<?, ?> object
-                    && (object.containsKey("ok") || object.containsKey("id"));
+            value = Json.parse(frame);
         } catch (Json.ParseException e) {
-            return false;
+            return null; // text: not a JSON reply
         }
+        if (value instanceof Map<?, ?> object && object.containsKey("ok")) {
+            return object;
+        }
+        return null;
     }
 
     // ----------------------------------------------------------------------------------------
@@ -222,7 +246,10 @@ public final class EnlaceClient {
         long nextId = 1;
         String line;
         while ((line = console.readLine()) != null) {
-            String payload = json && line.startsWith("/") ? toJsonRequest(line, nextId++) : line;
+            // An empty line is sent as an empty frame, a keep-alive, even with --json; a line
+            // that already is a JSON object goes as it is, with the id the user gave it.
+            boolean wrap = json && !line.isEmpty() && !line.startsWith("{");
+            String payload = wrap ? toJsonRequest(line, nextId++) : line;
             if (payload.getBytes(StandardCharsets.UTF_8).length > MAX_FRAME) {
                 System.err.println("error: that line is over the 1 MiB frame limit; not sent");
                 continue;
@@ -257,9 +284,9 @@ public final class EnlaceClient {
         try {
             String frame;
             while ((frame = readFrame(in)) != null) {
-                if (!frame.isEmpty()) { // empty frames are keep-alives, nothing to show
-                    OUT.println(frame);
-                }
+                // Every frame, even an empty one: the server sends no keep-alives, so an empty
+                // frame is a reply with empty text (/echo with nothing to echo).
+                OUT.println(frame);
             }
             if (!consoleEnded) {
                 System.err.println("the server closed the connection");

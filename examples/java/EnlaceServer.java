@@ -1,9 +1,11 @@
 import java.io.BufferedInputStream;
 import java.io.BufferedOutputStream;
+import java.io.ByteArrayOutputStream;
 import java.io.DataInputStream;
 import java.io.DataOutputStream;
 import java.io.EOFException;
 import java.io.IOException;
+import java.math.BigInteger;
 import java.net.Inet6Address;
 import java.net.InetAddress;
 import java.net.InetSocketAddress;
@@ -11,56 +13,64 @@ import java.net.ServerSocket;
 import java.net.Socket;
 import java.net.SocketTimeoutException;
 import java.nio.ByteBuffer;
-import java.nio.charset.CharacterCodingException;
+import java.nio.CharBuffer;
 import java.nio.charset.CharsetDecoder;
-import java.nio.charset.CodingErrorAction;
+import java.nio.charset.CoderResult;
 import java.nio.charset.StandardCharsets;
 import java.time.Instant;
+import java.time.ZoneOffset;
+import java.time.format.DateTimeFormatter;
 import java.time.temporal.ChronoUnit;
+import java.util.ArrayList;
+import java.util.Arrays;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Locale;
 import java.util.Map;
-import java.util.Set;
+import java.util.TreeMap;
 import java.util.concurrent.Semaphore;
+import java.util.function.Function;
 
 /**
- * A message server that speaks enlace's frame protocol: the Java peer of {@code enlace serve
- * chat}, with its commands but without chat rooms.
+ * A message server that speaks enlace's protocol: the Java peer of {@code enlace serve chat},
+ * with its built-in commands but without chat rooms.
  *
  * <pre>
  *   javac -d build *.java
  *   java -cp build EnlaceServer [--port 9090] [--host 127.0.0.1] [--max-clients 64]
  * </pre>
  *
- * <p>The protocol (docs/protocol.md in enlace is the normative copy): every message is a
- * <em>frame</em>, a 4-byte big-endian length N and then N bytes of UTF-8 text. A payload is
- * either a text command ({@code /upper hola} answered by {@code HOLA}) or a JSON request
- * ({@code {"id": 7, "cmd": "upper", "args": ["hola"]}} answered by
- * {@code {"id": 7, "ok": true, "result": "HOLA"}}). Each request gets exactly one reply, in the
- * same form, in the order the requests came. An empty frame is a keep-alive and gets none.
+ * <p>The protocol (docs/protocol.md in enlace is the normative description, and the section
+ * numbers in the comments below point into it): the first byte a client sends decides its kind.
+ * A {@code 0x00} means <em>frames</em>, each a 4-byte big-endian length N and then N bytes of
+ * UTF-8; anything else means text <em>lines</em>, so {@code nc 127.0.0.1 9090} works too. A
+ * payload is a text command ({@code /upper hola} answered by {@code HOLA}), a JSON request
+ * ({@code {"id":7,"cmd":"upper","args":["hola"]}} answered by
+ * {@code {"id":7,"ok":true,"result":"HOLA"}}), or chat text (which this server has no rooms
+ * for). Each request gets exactly one reply, in the same form, in the order the requests came.
+ * An empty payload is a keep-alive and gets none.
  *
  * <p>The design is the classic one: an accept loop on the main thread and one thread per
  * client, with a limit on how many clients are served at once.
  */
 public final class EnlaceServer {
 
-    /** Largest payload accepted (1 MiB), checked before reading it: see {@link Connection#serve}. */
+    /** Largest frame payload (1 MiB), checked before reading it: see {@link Connection#readFrame}. */
     static final int MAX_FRAME = 1024 * 1024;
+
+    /** Longest line from a line client (16 KiB), without its "\n". */
+    static final int MAX_LINE = 16 * 1024;
 
     /** A client silent this long has almost always gone away without closing; free its thread. */
     static final int IDLE_TIMEOUT_MS = 300_000;
 
-    static final String HELP = String.join("\n",
-            "/help          list the commands",
-            "/echo TEXT     send TEXT back",
-            "/upper TEXT    send TEXT back in upper case",
-            "/time          the server's current time (UTC, ISO 8601)",
-            "/ping          answer pong",
-            "/quit          answer bye and close the connection");
+    /** The error text of a payload that is not valid UTF-8 ends with the offset of the bad byte. */
+    static final String NOT_UTF8 = "payload is not valid UTF-8 (byte ";
 
-    /** Commands that take no arguments; anything after them is a mistake worth reporting. */
-    static final Set<String> NO_ARGUMENTS = Set.of("help", "time", "ping", "quit");
+    static final String NO_CHAT = "this server has no chat rooms; commands start with / (try /help)";
+
+    /** Longest string id accepted, in characters (code points). */
+    static final int MAX_ID = 256;
 
     public static void main(String[] args) {
         String host = "127.0.0.1"; // loopback by default: exposing a server is a decision
@@ -123,6 +133,8 @@ public final class EnlaceServer {
      */
     static void acceptLoop(ServerSocket server, int maxClients) {
         Semaphore slots = new Semaphore(maxClients);
+        // The same words as enlace, so that a client can show either server's refusal.
+        String busy = "ERR busy: too many connections (limit " + maxClients + ")";
         while (true) {
             Socket socket;
             try {
@@ -134,8 +146,6 @@ public final class EnlaceServer {
                 sleep(100);
                 continue;
             }
-            String busy = "ERR busy: the server is serving its maximum of " + maxClients
-                    + " clients; try again later";
             if (!slots.tryAcquire()) {
                 refuse(socket, busy);
                 continue;
@@ -157,7 +167,10 @@ public final class EnlaceServer {
         }
     }
 
-    /** Sends one text frame to a client we will not serve, and closes. */
+    /**
+     * Sends one frame to a client we will not serve, and closes (protocol section 2). It is a
+     * frame even for a line client: the client has sent nothing yet, so its kind is unknown.
+     */
     static void refuse(Socket socket, String message) {
         try (socket) {
             DataOutputStream out = new DataOutputStream(socket.getOutputStream());
@@ -176,24 +189,32 @@ public final class EnlaceServer {
     // One client
     // ----------------------------------------------------------------------------------------
 
-    /** Serves one client on its own thread: reads a frame, answers it, repeats. */
+    /** A frame or line over the limit: answered, then the connection is closed. */
+    static final class TooLarge extends Exception {
+        private static final long serialVersionUID = 1L;
+        final String code;
+
+        TooLarge(String code, String message) {
+            super(message);
+            this.code = code;
+        }
+    }
+
+    /** Serves one client on its own thread: reads a payload, answers it, repeats. */
     static final class Connection implements Runnable {
         private final Socket socket;
         private final String name;
         private DataInputStream in;
         private DataOutputStream out;
 
+        /** The kind of client, decided by its first byte: text lines, or frames. */
+        private boolean lines;
         /**
-         * Strict UTF-8: a plain {@code new String(bytes, UTF_8)} would silently turn invalid
-         * bytes into U+FFFD, and the client would never learn that it sent garbage.
+         * The form of the latest request: JSON or text. A reply uses the form of its request;
+         * errors that belong to no request (an oversize frame) use this (protocol 6.3).
          */
-        private final CharsetDecoder utf8 = StandardCharsets.UTF_8.newDecoder()
-                .onMalformedInput(CodingErrorAction.REPORT)
-                .onUnmappableCharacter(CodingErrorAction.REPORT);
-
-        /** Whether the latest request was JSON: errors not tied to a request use that form. */
         private boolean json;
-        private int frames;
+        private int requests;
 
         Connection(Socket socket) {
             this.socket = socket;
@@ -213,9 +234,10 @@ public final class EnlaceServer {
                 out = new DataOutputStream(new BufferedOutputStream(socket.getOutputStream(), 65536));
                 outcome = serve();
                 out.flush();
-                // Half-close before closing: the client reads our last frame and then a clean
+                // Half-close before closing: the client reads our last reply and then a clean
                 // end of stream, even if it is still sending.
                 socket.shutdownOutput();
+                discardUntilClosed();
             } catch (EOFException e) {
                 outcome = "the client closed in the middle of a frame";
             } catch (SocketTimeoutException e) {
@@ -233,149 +255,314 @@ public final class EnlaceServer {
                 }
             }
             long ms = (System.nanoTime() - start) / 1_000_000;
-            log(name + ": " + frames + " frame(s) in " + ms + " ms; " + outcome);
+            String kind = lines ? "line" : "frame";
+            log(name + ": " + requests + " request(s) by " + kind + " in " + ms + " ms; " + outcome);
         }
 
-        /** The frame loop. Returns why it ended; the caller closes the connection. */
+        /**
+         * A lingering close, as web servers do. Closing a socket that still has unread input
+         * makes the system send a reset (RST), and a reset can destroy our last reply before
+         * the client reads it (after /quit, or an oversize frame, the client may still be
+         * sending). So read and throw away what still comes, until the client closes too, for
+         * at most 2 s and 1 MiB.
+         */
+        private void discardUntilClosed() {
+            byte[] buffer = new byte[65536];
+            long discarded = 0;
+            try {
+                socket.setSoTimeout(2000);
+                int n;
+                while (discarded < MAX_FRAME && (n = in.read(buffer)) > 0) {
+                    discarded += n;
+                }
+            } catch (IOException e) {
+                // A timeout (the client is still connected) or a reset: either way, done.
+            }
+        }
+
+        /** The request loop. Returns why it ended; the caller closes the connection. */
         private String serve() throws IOException {
+            // The first byte decides the kind of client (protocol section 2). Every frame under
+            // 16 MiB starts with 0x00, and no line of text does. Peek at it and put it back.
+            in.mark(1);
+            int first = in.read();
+            if (first < 0) {
+                return "closed before sending anything";
+            }
+            in.reset();
+            lines = first != 0;
+
             while (true) {
                 // Flush only when no request is already waiting: a client that sends 1000
-                // frames at once gets its 1000 replies in a few large writes, not 1000 tiny
+                // requests at once gets its 1000 replies in a few large writes, not 1000 tiny
                 // ones, while a client that sends one at a time gets each reply at once.
                 if (in.available() == 0) {
                     out.flush();
                 }
-                long length = readLength(in);
-                if (length < 0) {
+                byte[] payload;
+                try {
+                    payload = lines ? readLine() : readFrame();
+                } catch (TooLarge e) {
+                    // Fatal: the rest of the stream cannot be cut into messages any more.
+                    send(null, Reply.error(e.code, e.getMessage()));
+                    return "refused: " + e.getMessage();
+                }
+                if (payload == null) {
                     return "closed by the client";
                 }
-                // Check the announced length BEFORE reading or allocating anything: otherwise
-                // four bytes saying "4 GiB" would make the server try to allocate 4 GiB.
-                if (length > MAX_FRAME) {
-                    reply(null, Reply.error("frame_too_large", "a frame of " + length
-                            + " bytes is over the limit of " + MAX_FRAME + " bytes"));
-                    return "refused a frame of " + length + " bytes";
-                }
-                if (length == 0) {
+                if (payload.length == 0) {
                     continue; // a keep-alive: it only proves the client is there
                 }
-                byte[] payload = new byte[(int) length];
-                in.readFully(payload); // EOFException if the client vanishes mid-frame
-                frames++;
+                requests++;
                 if (!handle(payload)) {
                     return "the client said /quit";
                 }
             }
         }
 
-        /** Answers one payload. Returns false when the connection should close (/quit). */
-        private boolean handle(byte[] payload) throws IOException {
-            // The first byte decides the form, and the reply uses the same form. '{' is ASCII,
-            // so we can look at it before knowing whether the rest is valid UTF-8.
-            json = payload[0] == '{';
-            String text;
-            try {
-                text = utf8.decode(ByteBuffer.wrap(payload)).toString();
-            } catch (CharacterCodingException e) {
-                reply(null, Reply.error("invalid_utf8", "the payload is not valid UTF-8"));
-                return true;
+        /** One frame's payload; null when the client closed cleanly between frames (3.1). */
+        private byte[] readFrame() throws IOException, TooLarge {
+            long length = readLength(in);
+            if (length < 0) {
+                return null;
             }
-            if (json) {
-                return handleJson(text);
+            // Check the announced length BEFORE reading or allocating anything: otherwise
+            // four bytes saying "4 GiB" would make the server try to allocate 4 GiB.
+            if (length > MAX_FRAME) {
+                throw new TooLarge("frame_too_large",
+                        "frame of " + length + " bytes exceeds the " + MAX_FRAME + "-byte limit");
             }
-            if (!text.startsWith("/") || text.startsWith("//")) {
-                // In enlace, text without a leading '/' is a chat message for the current room
-                // ("//" too: IRC's escape, "//x" is the message "/x").
-                reply(null, Reply.error("unsupported", "this server has no chat rooms"));
-                return true;
-            }
-            // "/name rest of line": the name ends at the first space; the rest, without the
-            // spaces around it, is the argument text (as enlace does).
-            int space = text.indexOf(' ');
-            String command = space < 0 ? text.substring(1) : text.substring(1, space);
-            String rest = space < 0 ? "" : text.substring(space + 1).strip();
-            Reply result = execute(command, rest);
-            reply(null, result);
-            return !result.close();
+            byte[] payload = new byte[(int) length];
+            in.readFully(payload); // EOFException if the client vanishes mid-frame
+            return payload;
         }
 
-        /** {"id": 7, "cmd": "upper", "args": ["hola"]}: validated field by field. */
-        private boolean handleJson(String text) throws IOException {
+        /**
+         * One line, without its "\n" and without a "\r" just before it (3.2); null when the
+         * client closed after its last line. An unterminated last line is still a line, as the
+         * last line of a file is.
+         */
+        private byte[] readLine() throws IOException, TooLarge {
+            ByteArrayOutputStream line = new ByteArrayOutputStream();
+            while (true) {
+                int b = in.read();
+                if (b < 0) {
+                    if (line.size() == 0) {
+                        return null;
+                    }
+                    if (line.size() > MAX_LINE) {
+                        throw lineTooLong();
+                    }
+                    return line.toByteArray();
+                }
+                if (b == '\n') {
+                    byte[] bytes = line.toByteArray();
+                    int end = bytes.length > 0 && bytes[bytes.length - 1] == '\r' ? bytes.length - 1 : bytes.length;
+                    return Arrays.copyOf(bytes, end);
+                }
+                line.write(b);
+                // Bounded while it grows, so a client that never sends "\n" cannot make us
+                // buffer without end. One byte more is allowed if it is the "\r" of "\r\n".
+                if (line.size() > MAX_LINE + 1 || (line.size() == MAX_LINE + 1 && b != '\r')) {
+                    throw lineTooLong();
+                }
+            }
+        }
+
+        private static TooLarge lineTooLong() {
+            return new TooLarge("line_too_long",
+                    "line of more than " + MAX_LINE + " bytes exceeds the " + MAX_LINE + "-byte limit");
+        }
+
+        /**
+         * Answers one payload, classified as in protocol section 4. Returns false when the
+         * connection should close (/quit).
+         */
+        private boolean handle(byte[] payload) throws IOException {
+            // '{' and '[' are ASCII, so we can look at them before knowing whether the rest
+            // is valid UTF-8.
+            if (payload[0] == '{') {
+                json = true;
+                return handleJson(payload);
+            }
+            if (payload[0] == '[' && isJson(payload)) {
+                json = true; // a JSON array is a request gone wrong more often than a chat line
+                send(null, Reply.error("not_an_object", "a JSON request must be an object, not an array"));
+                return true;
+            }
+            json = false;
+            String text;
+            try {
+                text = decodeUtf8(payload);
+            } catch (BadUtf8 e) {
+                send(null, Reply.error("invalid_utf8", NOT_UTF8 + e.offset + ")"));
+                return true;
+            }
+            if (!text.startsWith("/") || text.startsWith("//")) {
+                // Chat text for the client's room ("//x" too: IRC's escape for the text "/x").
+                // Chat text is the command /say, and without rooms it is always this error.
+                send(null, Reply.error("no_chat", NO_CHAT));
+                return true;
+            }
+            // "/name rest of line": the name ends at the first space (U+0020); the rest,
+            // stripped, is the argument text.
+            int space = text.indexOf(' ');
+            String command = space < 0 ? text.substring(1) : text.substring(1, space);
+            String rest = space < 0 ? "" : text.substring(space + 1);
+            if (command.isEmpty() || !strip(command).equals(command)) {
+                send(null, Reply.error("bad_request", "a command needs a name right after '/' (try /help)"));
+                return true;
+            }
+            return execute(null, command.toLowerCase(Locale.ROOT), Arguments.text(strip(rest)));
+        }
+
+        /** {"id": 7, "cmd": "upper", "args": ["hola"]}: validated in the order of protocol 4.3. */
+        private boolean handleJson(byte[] payload) throws IOException {
             Object parsed;
             try {
-                parsed = Json.parse(text);
+                parsed = Json.parse(decodeUtf8(payload));
+            } catch (BadUtf8 e) {
+                send(null, Reply.error("invalid_utf8", "invalid JSON: " + NOT_UTF8 + e.offset + ")"));
+                return true;
+            } catch (Json.TooDeep e) {
+                send(null, Reply.error("json_too_deep", "JSON nested deeper than " + Json.MAX_DEPTH + " levels"));
+                return true;
             } catch (Json.ParseException e) {
-                reply(null, Reply.error("invalid_json", e.getMessage()));
+                send(null, Reply.error("invalid_json", "invalid JSON: " + e.getMessage()));
                 return true;
             }
             // A payload that starts with '{' and parses is always an object; the check gives us
-            // the Map type and states the rule.
+            // the Map type.
             if (!(parsed instanceof Map<?, ?> request)) {
-                reply(null, Reply.error("not_an_object", "a JSON request must be an object"));
+                send(null, Reply.error("not_an_object", "a JSON request must be an object"));
                 return true;
             }
-            // The id is the client's, not ours: any number or string, echoed back unchanged so
-            // the client can match the reply to its request. A missing id is answered as null.
+            // The id is the client's, not ours: a string or an integer, echoed back so the client
+            // can match the reply to its request. Without one, the reply has none either.
             Object id = request.get("id");
-            if (id != null && !(id instanceof String) && !(id instanceof Json.Number)) {
-                reply(null, Reply.error("bad_arguments", "\"id\" must be a number or a string"));
+            boolean validId = id == null || id instanceof String
+                    || (id instanceof Json.Number number && integerId(number) != null);
+            if (!validId) {
+                send(null, Reply.error("bad_request", "\"id\" must be a string or an integer"));
                 return true;
             }
-            if (!(request.get("cmd") instanceof String command)) {
-                reply(id, Reply.error("bad_arguments",
-                        "\"cmd\" must be a string naming a command, e.g. \"ping\""));
+            // Every reply echoes the id, so a long one would make even an error reply large.
+            if (id instanceof String text && text.codePointCount(0, text.length()) > MAX_ID) {
+                send(null, Reply.error("bad_request", "\"id\" is longer than " + MAX_ID + " characters"));
                 return true;
             }
-            Object args = request.get("args");
-            if (args == null) {
-                args = List.of(); // "args" may be left out for commands that take none
+            if (id instanceof Json.Number number) {
+                id = integerId(number); // as enlace writes it back: -0 becomes 0
             }
-            if (!(args instanceof List<?> list) || !list.stream().allMatch(a -> a instanceof String)) {
-                reply(id, Reply.error("bad_arguments", "\"args\" must be an array of strings"));
+            if (!(request.get("cmd") instanceof String cmd) || cmd.isEmpty()) {
+                send(id, Reply.error("bad_request", "\"cmd\" must be a non-empty string"));
                 return true;
             }
-            // Joined by single spaces: ["hola", "mundo"] means the same as "/upper hola mundo".
-            @SuppressWarnings("unchecked")
-            String rest = String.join(" ", (List<String>) list);
-            Reply result = execute(command, rest);
-            reply(id, result);
-            return !result.close();
+            // "args" may be left out (no arguments), but "args": null is a mistake.
+            Object args = request.containsKey("args") ? request.get("args") : List.of();
+            if (!(args instanceof List<?> list)) {
+                send(id, Reply.error("bad_request", "\"args\" must be an array"));
+                return true;
+            }
+            Object line = request.get("line");
+            if (line != null && (!(line instanceof String) || !list.isEmpty())) {
+                send(id, Reply.error("bad_request", "\"line\" must be a string, and not given with \"args\""));
+                return true;
+            }
+            // "UPPER", "upper" and "/upper" name the same command.
+            String name = cmd.toLowerCase(Locale.ROOT).replaceFirst("^/+", "");
+            // "line" is what a person typed after the command: stripped and split as for a
+            // text command.
+            Arguments arguments = line != null ? Arguments.text(strip((String) line)) : Arguments.json(list);
+            return execute(id, name, arguments);
         }
 
-        /** Writes a reply in the connection's current form: text, or JSON with the id. */
-        private void reply(Object id, Reply result) throws IOException {
-            byte[] bytes = render(id, result).getBytes(StandardCharsets.UTF_8);
+        /** Finds the command, checks its arguments, runs it and sends its reply. */
+        private boolean execute(Object id, String name, Arguments arguments) throws IOException {
+            Command command = COMMANDS.get(name);
+            if (command == null) {
+                // The name is the client's: shorten it, or a 1 MiB name would make a 1 MiB error.
+                String shown = name.codePointCount(0, name.length()) <= 40
+                        ? name : name.substring(0, name.offsetByCodePoints(0, 40)) + "…";
+                send(id, Reply.error("unknown_command", "unknown command /" + shown + " (try /help)"));
+                return true;
+            }
+            Reply reply;
+            try {
+                reply = command.call(arguments);
+            } catch (RuntimeException e) {
+                // A bug in one command must cost one request, not the connection.
+                log(this.name + ": error in /" + name + ": " + e);
+                reply = Reply.error("internal_error", "internal error in /" + name + " (logged on the server)");
+            }
+            send(id, reply);
+            return !reply.close();
+        }
+
+        /** Sends a reply in the current form: text, or JSON with the id (protocol section 6). */
+        private void send(Object id, Reply reply) throws IOException {
+            byte[] bytes = render(id, reply);
             if (bytes.length > MAX_FRAME) {
-                // The limit holds both ways: /upper or JSON escaping can make a reply longer
-                // than its request, and the client would refuse an oversize frame.
-                Reply tooBig = Reply.error("frame_too_large", "the reply would be "
-                        + bytes.length + " bytes, over the limit of " + MAX_FRAME + " bytes");
-                bytes = render(id, tooBig).getBytes(StandardCharsets.UTF_8);
-                if (bytes.length > MAX_FRAME) {
-                    bytes = render(null, tooBig).getBytes(StandardCharsets.UTF_8); // a ~1 MiB id
-                }
+                // The limit holds both ways: /upper can make a reply longer than its request
+                // ("ŉ" becomes "ʼN"), and the client would refuse an oversize frame. An error
+                // keeps its code and loses its message.
+                reply = reply.ok()
+                        ? Reply.error("reply_too_large", "the reply of " + bytes.length
+                                + " bytes exceeds the " + MAX_FRAME + "-byte limit")
+                        : Reply.error(reply.code(), "(message too long to send)");
+                bytes = render(id, reply);
             }
-            writeFrame(out, bytes);
+            if (lines) {
+                out.write(bytes);
+                out.write('\n');
+            } else {
+                writeFrame(out, bytes);
+            }
         }
 
-        private String render(Object id, Reply result) {
+        private byte[] render(Object id, Reply reply) {
+            String text;
             if (!json) {
-                return result.ok() ? result.result() : "ERR " + result.code() + ": " + result.message();
-            }
-            Map<String, Object> reply = new LinkedHashMap<>();
-            reply.put("id", id); // always present in a reply; server events never carry one
-            reply.put("ok", result.ok());
-            if (result.ok()) {
-                reply.put("result", result.result());
+                text = reply.ok() ? reply.result() : "ERR " + reply.code() + ": " + reply.message();
             } else {
-                Map<String, Object> error = new LinkedHashMap<>();
-                error.put("code", result.code());
-                error.put("message", result.message());
-                reply.put("error", error);
+                Map<String, Object> object = new LinkedHashMap<>();
+                if (id != null) {
+                    object.put("id", id); // only when the request had one
+                }
+                object.put("ok", reply.ok());
+                if (reply.ok()) {
+                    object.put("result", reply.result());
+                } else {
+                    Map<String, Object> error = new LinkedHashMap<>();
+                    error.put("code", reply.code());
+                    error.put("message", reply.message());
+                    object.put("error", error);
+                }
+                text = Json.write(object);
             }
-            return Json.write(reply);
+            return text.getBytes(StandardCharsets.UTF_8);
         }
     }
+
+    /**
+     * An id must be a string or an integer from -2^63 to 2^64 - 1 (what enlace's JSON library
+     * reads as an integer). Returns the integer, written as enlace writes it back ("-0" is "0"),
+     * or null if the number is not such an integer.
+     */
+    static Json.Number integerId(Json.Number number) {
+        String text = number.text();
+        if (!text.matches("-?[0-9]+")) {
+            return null; // 7.0 and 1e3 are not integers here
+        }
+        BigInteger value = new BigInteger(text);
+        if (value.compareTo(LOWEST_ID) < 0 || value.compareTo(HIGHEST_ID) > 0) {
+            return null;
+        }
+        return new Json.Number(value.toString());
+    }
+
+    static final BigInteger LOWEST_ID = BigInteger.ONE.shiftLeft(63).negate();
+    static final BigInteger HIGHEST_ID = BigInteger.ONE.shiftLeft(64).subtract(BigInteger.ONE);
 
     // ----------------------------------------------------------------------------------------
     // The commands: the same code answers text commands and JSON requests
@@ -396,25 +583,120 @@ public final class EnlaceServer {
         }
     }
 
-    static Reply execute(String name, String args) {
-        // Names are case-insensitive (/UPPER works), and JSON may write "cmd": "/upper".
-        String command = name.toLowerCase(Locale.ROOT);
-        if (command.startsWith("/") && command.length() > 1) {
-            command = command.substring(1);
+    /** Whether a command takes a text parameter, and whether it may be left out. */
+    enum Parameter { NONE, OPTIONAL_TEXT, REQUIRED_TEXT }
+
+    /**
+     * A command's arguments as they came: typed text to split (a text command, or a JSON
+     * request's "line"), or a JSON array to match one by one (protocol section 5).
+     */
+    record Arguments(String text, List<?> json) {
+        static Arguments text(String text) {
+            return new Arguments(text, null);
         }
-        if (NO_ARGUMENTS.contains(command) && !args.isEmpty()) {
-            return Reply.error("bad_arguments", "/" + command + " takes no arguments");
+
+        static Arguments json(List<?> json) {
+            return new Arguments(null, json);
         }
-        return switch (command) {
-            case "help" -> Reply.ok(HELP);
-            case "echo" -> args.isEmpty() ? usage("/echo TEXT") : Reply.ok(args);
-            case "upper" -> args.isEmpty() ? usage("/upper TEXT") : Reply.ok(upper(args));
-            // Instant.toString() is ISO 8601 in UTC, e.g. 2025-11-21T04:40:00.123Z.
-            case "time" -> Reply.ok(Instant.now().truncatedTo(ChronoUnit.MILLIS).toString());
-            case "ping" -> Reply.ok("pong");
-            case "quit" -> new Reply("bye", null, null, true);
-            default -> Reply.error("unknown_command", "unknown command /" + command + " (try /help)");
-        };
+    }
+
+    /** The arguments do not fit the command; the message says how. */
+    static final class BadArguments extends Exception {
+        private static final long serialVersionUID = 1L;
+
+        BadArguments(String message) {
+            super(message);
+        }
+    }
+
+    /** A command: its name, its parameter, a one-line summary for /help, and what it does. */
+    record Command(String name, Parameter parameter, String summary, Function<String, Reply> action) {
+        String usage() {
+            return switch (parameter) {
+                case NONE -> "/" + name;
+                case OPTIONAL_TEXT -> "/" + name + " [TEXT]";
+                case REQUIRED_TEXT -> "/" + name + " TEXT";
+            };
+        }
+
+        /** Checks the arguments against the parameter, then runs the command. */
+        Reply call(Arguments arguments) {
+            String text;
+            try {
+                text = argument(arguments);
+            } catch (BadArguments e) {
+                return Reply.error("bad_arguments", e.getMessage());
+            }
+            return action.apply(text);
+        }
+
+        /** The command's one text argument: "" when there is none (or it is left out). */
+        private String argument(Arguments arguments) throws BadArguments {
+            String text = null;
+            if (arguments.text() != null) {
+                // Typed text. A command without parameters takes none; with one text parameter,
+                // the whole text, less its leading whitespace, is the argument. (A command with
+                // two parameters would split off the first word; the last takes the rest.)
+                if (parameter == Parameter.NONE && !arguments.text().isEmpty()) {
+                    throw new BadArguments("/" + name + " takes no arguments");
+                }
+                String words = stripLeading(arguments.text());
+                text = words.isEmpty() ? null : words;
+            } else {
+                // JSON: matched to the parameters by position, and never converted.
+                List<?> values = arguments.json();
+                int most = parameter == Parameter.NONE ? 0 : 1;
+                if (values.size() > most) {
+                    throw new BadArguments("/" + name + " takes at most " + most + " arguments");
+                }
+                if (!values.isEmpty()) {
+                    if (!(values.get(0) instanceof String string)) {
+                        throw new BadArguments("text must be a string; usage: " + usage());
+                    }
+                    text = string;
+                }
+            }
+            if (text == null && parameter == Parameter.REQUIRED_TEXT) {
+                throw new BadArguments("missing text; usage: " + usage());
+            }
+            return text == null ? "" : text;
+        }
+    }
+
+    /** 2025-11-21T04:40:00.123+00:00, as enlace writes it (Instant.toString() drops ".000"). */
+    static final DateTimeFormatter ISO_MILLIS =
+            DateTimeFormatter.ofPattern("uuuu-MM-dd'T'HH:mm:ss.SSSxxx").withZone(ZoneOffset.UTC);
+
+    /** The commands by name, sorted (that is the order /help lists them in). */
+    static final Map<String, Command> COMMANDS = new TreeMap<>();
+
+    static void add(String name, Parameter parameter, String summary, Function<String, Reply> action) {
+        COMMANDS.put(name, new Command(name, parameter, summary, action));
+    }
+
+    static {
+        add("help", Parameter.NONE, "List the commands.", text -> Reply.ok(help()));
+        add("echo", Parameter.OPTIONAL_TEXT, "Send the text back.", text -> Reply.ok(text));
+        add("upper", Parameter.OPTIONAL_TEXT, "Send the text back in capitals.",
+                text -> Reply.ok(upper(text)));
+        add("time", Parameter.NONE, "The server's time (UTC, ISO 8601).",
+                text -> Reply.ok(ISO_MILLIS.format(Instant.now())));
+        add("ping", Parameter.NONE, "Answer pong (to check the connection).", text -> Reply.ok("pong"));
+        add("quit", Parameter.NONE, "Say goodbye and close the connection.",
+                text -> new Reply("bye", null, null, true));
+        // Plain text is the command /say; a server with chat rooms would send it to the room.
+        add("say", Parameter.REQUIRED_TEXT, "Send a chat message to your room (what plain text does).",
+                text -> Reply.error("no_chat", NO_CHAT));
+    }
+
+    /** One line per command: the usage padded to the widest, two spaces, the summary. */
+    static String help() {
+        int width = COMMANDS.values().stream().mapToInt(c -> c.usage().length()).max().orElse(0);
+        List<String> lines = new ArrayList<>();
+        for (Command command : COMMANDS.values()) {
+            lines.add(String.format("%-" + width + "s  %s", command.usage(), command.summary()));
+        }
+        return String.join("\n", lines);
     }
 
     /**
@@ -441,12 +723,8 @@ public final class EnlaceServer {
         return out.toString();
     }
 
-    static Reply usage(String usage) {
-        return Reply.error("bad_arguments", "usage: " + usage);
-    }
-
     // ----------------------------------------------------------------------------------------
-    // Frames
+    // Frames, text and whitespace
     // ----------------------------------------------------------------------------------------
 
     /**
@@ -468,6 +746,70 @@ public final class EnlaceServer {
     static void writeFrame(DataOutputStream out, byte[] payload) throws IOException {
         out.writeInt(payload.length);
         out.write(payload);
+    }
+
+    /** The payload is not UTF-8; {@code offset} is where the first bad byte sequence starts. */
+    static final class BadUtf8 extends Exception {
+        private static final long serialVersionUID = 1L;
+        final int offset;
+
+        BadUtf8(int offset) {
+            super("not UTF-8 at byte " + offset);
+            this.offset = offset;
+        }
+    }
+
+    /**
+     * Strict UTF-8: a plain {@code new String(bytes, UTF_8)} would silently turn invalid bytes
+     * into U+FFFD, and the client would never learn that it sent garbage. A fresh decoder
+     * reports errors, and stops where the bad bytes start.
+     */
+    static String decodeUtf8(byte[] bytes) throws BadUtf8 {
+        CharsetDecoder decoder = StandardCharsets.UTF_8.newDecoder();
+        ByteBuffer input = ByteBuffer.wrap(bytes);
+        CharBuffer output = CharBuffer.allocate(bytes.length); // never more chars than bytes
+        CoderResult result = decoder.decode(input, output, true);
+        if (result.isError()) {
+            throw new BadUtf8(input.position());
+        }
+        decoder.flush(output);
+        return output.flip().toString();
+    }
+
+    /** Whether a payload is a JSON document (within the limits), for rule 3 of section 4. */
+    static boolean isJson(byte[] payload) {
+        try {
+            Json.parse(decodeUtf8(payload));
+            return true;
+        } catch (Json.TooDeep e) {
+            return true; // an array, certainly, and too deep at that: still not an object
+        } catch (BadUtf8 | Json.ParseException e) {
+            return false;
+        }
+    }
+
+    /**
+     * Whitespace as the protocol means it (Python's str.isspace()): Java's isWhitespace, plus
+     * the no-break spaces and U+0085 that Java leaves out.
+     */
+    static boolean isSpace(char c) {
+        return Character.isWhitespace(c) || c == '\u0085' || c == '\u00A0' || c == '\u2007' || c == '\u202F';
+    }
+
+    static String stripLeading(String text) {
+        int start = 0;
+        while (start < text.length() && isSpace(text.charAt(start))) {
+            start++;
+        }
+        return text.substring(start);
+    }
+
+    static String strip(String text) {
+        int end = text.length();
+        while (end > 0 && isSpace(text.charAt(end - 1))) {
+            end--;
+        }
+        return stripLeading(text.substring(0, end));
     }
 
     // ----------------------------------------------------------------------------------------

@@ -15,10 +15,13 @@ import java.util.Map;
  *       value, as Python's {@code json} does), arrays become {@code List<Object>}, strings become
  *       {@code String}, {@code true}/{@code false} become {@code Boolean}, {@code null} becomes
  *       Java {@code null};
- *   <li>numbers become {@link Number}, which keeps the digits as written, so a request id like
- *       {@code 7}, {@code 7.0} or {@code 12345678901234567890} is echoed back exactly;
- *   <li>nesting deeper than {@value #MAX_DEPTH} levels is refused, so a hostile
- *       {@code [[[[...]]]]} cannot overflow the thread's stack;
+ *   <li>numbers become {@link Number}, which keeps the digits as written, so that a request id
+ *       like {@code 12345678901234567890} keeps all its digits; a number too large for a
+ *       {@code double} ({@code 1e400}) is refused, as enlace refuses it;
+ *   <li>nesting deeper than {@value #MAX_DEPTH} levels is refused with {@link TooDeep}, once
+ *       the whole text has parsed (so a syntax error is reported first, as enlace does), and at
+ *       once past {@value #STACK_DEPTH} levels, so a hostile {@code [[[[...]]]]} cannot overflow
+ *       the thread's stack;
  *   <li>{@code NaN}, {@code Infinity}, comments, trailing commas and single quotes are refused;
  *   <li>a {@code \\uXXXX} escape of half a surrogate pair must be followed by the other half
  *       (that is how JSON writes characters outside the Basic Multilingual Plane, such as emoji);
@@ -26,8 +29,11 @@ import java.util.Map;
  * </ul>
  */
 final class Json {
-    /** Deepest nesting accepted; enlace's own limit (DESIGN.md section 4). */
+    /** Deepest nesting accepted; enlace's own limit (docs/protocol.md section 10). */
     static final int MAX_DEPTH = 32;
+
+    /** Past this depth the parser stops at once: each level costs two stack frames. */
+    static final int STACK_DEPTH = 1000;
 
     private Json() {}
 
@@ -40,11 +46,20 @@ final class Json {
     }
 
     /** The text is not valid JSON; the message says what and where. */
-    static final class ParseException extends Exception {
+    static class ParseException extends Exception {
         private static final long serialVersionUID = 1L;
 
         ParseException(String message, int position) {
             super(message + " at character " + position);
+        }
+    }
+
+    /** The text is JSON, but nested deeper than {@link #MAX_DEPTH} levels. */
+    static final class TooDeep extends ParseException {
+        private static final long serialVersionUID = 1L;
+
+        TooDeep(int position) {
+            super("nested deeper than " + MAX_DEPTH + " levels", position);
         }
     }
 
@@ -60,6 +75,9 @@ final class Json {
         if (reader.pos < text.length()) {
             throw reader.error("unexpected text after the JSON value");
         }
+        if (reader.deepest > MAX_DEPTH) {
+            throw new TooDeep(0);
+        }
         return value;
     }
 
@@ -67,6 +85,8 @@ final class Json {
     private static final class Reader {
         private final String s;
         private int pos;
+        /** The deepest nesting seen so far: {} and [] are 1, [[]] is 2. */
+        private int deepest;
 
         Reader(String s) {
             this.s = s;
@@ -122,9 +142,10 @@ final class Json {
         }
 
         private Map<String, Object> object(int depth) throws ParseException {
-            if (depth > MAX_DEPTH) {
-                throw error("nested deeper than " + MAX_DEPTH + " levels");
+            if (depth > STACK_DEPTH) {
+                throw new TooDeep(pos);
             }
+            deepest = Math.max(deepest, depth);
             Map<String, Object> map = new LinkedHashMap<>();
             pos++; // the '{'
             skipWhitespace();
@@ -152,9 +173,10 @@ final class Json {
         }
 
         private List<Object> array(int depth) throws ParseException {
-            if (depth > MAX_DEPTH) {
-                throw error("nested deeper than " + MAX_DEPTH + " levels");
+            if (depth > STACK_DEPTH) {
+                throw new TooDeep(pos);
             }
+            deepest = Math.max(deepest, depth);
             List<Object> list = new ArrayList<>();
             pos++; // the '['
             skipWhitespace();
@@ -284,7 +306,12 @@ final class Json {
                 }
                 digits();
             }
-            return new Number(s.substring(start, pos));
+            String text = s.substring(start, pos);
+            if (Double.isInfinite(Double.parseDouble(text))) {
+                pos = start;
+                throw error("number out of range");
+            }
+            return new Number(text);
         }
 
         private void digits() {
@@ -329,15 +356,15 @@ final class Json {
         } else if (value instanceof Boolean || value instanceof Number) {
             out.append(value);
         } else if (value instanceof Map<?, ?> map) {
-            // ", " and ": " match the examples in docs/protocol.md; any spacing is valid JSON.
+            // Compact, as enlace writes it: {"id":7,"ok":true}. Any spacing is valid JSON.
             out.append('{');
             String separator = "";
             for (Map.Entry<?, ?> entry : map.entrySet()) {
                 out.append(separator);
                 quote(out, (String) entry.getKey());
-                out.append(": ");
+                out.append(':');
                 write(out, entry.getValue());
-                separator = ", ";
+                separator = ",";
             }
             out.append('}');
         } else if (value instanceof List<?> list) {
@@ -346,7 +373,7 @@ final class Json {
             for (Object item : list) {
                 out.append(separator);
                 write(out, item);
-                separator = ", ";
+                separator = ",";
             }
             out.append(']');
         } else {
@@ -355,8 +382,9 @@ final class Json {
     }
 
     /**
-     * Writes a JSON string. Only the characters JSON requires are escaped; everything else,
-     * including accents and emoji, goes out as itself and becomes UTF-8 on the wire.
+     * Writes a JSON string. Only the characters JSON requires are escaped, with the short forms
+     * where JSON has one; everything else, including accents and emoji, goes out as itself and
+     * becomes UTF-8 on the wire. (The same bytes enlace writes.)
      */
     static void quote(StringBuilder out, String text) {
         out.append('"');
@@ -365,6 +393,8 @@ final class Json {
             switch (c) {
                 case '"' -> out.append("\\\"");
                 case '\\' -> out.append("\\\\");
+                case '\b' -> out.append("\\b");
+                case '\f' -> out.append("\\f");
                 case '\n' -> out.append("\\n");
                 case '\r' -> out.append("\\r");
                 case '\t' -> out.append("\\t");

@@ -150,3 +150,30 @@ def test_shell_keeps_the_typed_line_intact_when_a_push_arrives(serve, tmp_path):
         terminal.child.expect(pexpect.EOF, timeout=10)
     finally:
         terminal.close()
+
+
+def test_send_json_objects_keep_their_id_and_line():
+    with server("serve", "chat", "--port", "0") as cli:
+        address = f"127.0.0.1:{cli.port}"
+        result = run("send", "--json", address, '{"id": "mine", "cmd": "upper", "line": "a b"}')
+        assert result.stdout == b'{"id":"mine","ok":true,"result":"A B"}\n'
+        failed = run("send", "--json", address, '{"id": 9, "cmd": "nope"}')
+        assert failed.returncode == 1
+        assert failed.stdout.startswith(b'{"id":9,"ok":false,"error":{"code":"unknown_command"')
+        assert run("send", "--json", address, "{not json").returncode == 2
+
+
+def test_pathologically_deep_json_is_refused_and_the_server_survives():
+    # 200,000 levels overflow orjson's C stack: the server must refuse, not crash.
+    deep = b'{"cmd": "echo", "args": [' + b"[" * 200_000 + b"]" * 200_000 + b"]}"
+    bare = b"[" * 200_000 + b"]" * 200_000
+    with server("serve", "chat", "--port", "0") as cli:
+        with connect(("127.0.0.1", cli.port)) as sock:
+            for payload, code in ((deep, b"json_too_deep"), (bare, b"not_an_object")):
+                sock.sendall(struct.pack(">I", len(payload)) + payload)
+                (size,) = struct.unpack(">I", read_exactly(sock, 4))
+                assert code in read_exactly(sock, size)
+            sock.sendall(struct.pack(">I", 5) + b"/ping")
+            assert read_exactly(sock, 8) == struct.pack(">I", 4) + b"pong"
+        assert cli.process.poll() is None
+        assert cli.stop()[0] == 0

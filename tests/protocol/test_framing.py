@@ -3,9 +3,12 @@
 A TCP stream can be cut anywhere, so every decoder is fed the same bytes whole,
 byte by byte, in random pieces and with a trailing partial message, and must
 give the same payloads each time. Limits are checked as early as possible, and
-a decoder that failed keeps failing. Property tests with hypothesis check that
-arbitrary bytes cut at arbitrary points only ever give payloads or one of the
-documented :class:`~enlace.exceptions.RemoteProtocolError` subclasses.
+a decoder that failed keeps failing. When one feed completes payloads and then
+breaks a limit, it returns those payloads, exposes the error at once as
+``error`` and raises it on the next call. Property tests with hypothesis check
+that arbitrary bytes cut at arbitrary points only ever give payloads or one of
+the documented :class:`~enlace.exceptions.RemoteProtocolError` subclasses, and
+the same payloads before the error however the stream is cut.
 """
 
 from __future__ import annotations
@@ -74,6 +77,12 @@ def feed_all(decoder: Decoder, chunks: Iterable[bytes]) -> list[bytes]:
     return frames
 
 
+def error_of(decoder: Decoder) -> RemoteProtocolError | None:
+    """The decoder's ``error``: every decoder has one, though the Decoder protocol omits it."""
+    error: RemoteProtocolError | None = getattr(decoder, "error")
+    return error
+
+
 @dataclass
 class Outcome:
     """What a decoder made of a whole stream: payloads, and the error that stopped it."""
@@ -90,8 +99,10 @@ def run(decoder: Decoder, chunks: Iterable[bytes], *, eof: bool = True) -> Outco
         if eof:
             frames.extend(decoder.eof())
     except RemoteProtocolError as exc:
+        assert exc is error_of(decoder)
         return Outcome(frames, exc)
-    return Outcome(frames, None)
+    # Without eof, a last feed may have returned payloads and kept its error for later.
+    return Outcome(frames, error_of(decoder))
 
 
 # ----------------------------------------------------------------------------------------- samples
@@ -272,11 +283,52 @@ def test_length_prefix_huge_header_fed_bytewise_is_refused_at_its_last_byte() ->
     assert decoder.buffered <= HEADER_SIZE
 
 
-def test_length_prefix_huge_header_after_good_frames_in_the_same_feed() -> None:
+@pytest.mark.parametrize("buffered", [False, True], ids=["fresh", "after-a-partial-frame"])
+def test_length_prefix_huge_header_after_good_frames_in_the_same_feed(buffered: bool) -> None:
+    # The frames before the bad header are returned by the same feed; the error waits.
     decoder = LengthPrefixDecoder(max_size=10)
+    stream = encode_length_prefixed(b"ok") + header(0) + encode_length_prefixed(b"0123456789")
+    if buffered:
+        assert decoder.feed(stream[:3]) == []
+        stream = stream[3:]
+    assert decoder.error is None
+    assert decoder.feed(stream + header(11) + b"x" * 11) == [b"ok", b"", b"0123456789"]
+    error = decoder.error
+    assert isinstance(error, FrameTooLarge)
+    assert (error.size, error.limit, error.code) == (11, 10, "frame_too_large")
+    assert str(error) == "frame of 11 bytes exceeds the 10-byte limit"
+    # Raised by the next call, whatever it is, and by every call after it.
     with pytest.raises(FrameTooLarge) as info:
-        decoder.feed(encode_length_prefixed(b"ok") + header(11) + b"x" * 11)
-    assert info.value.size == 11
+        decoder.feed(b"")
+    assert info.value is error
+    with pytest.raises(FrameTooLarge) as info:
+        decoder.eof()
+    assert info.value is error
+    assert decoder.error is error
+
+
+def test_length_prefix_deferred_error_is_raised_by_eof_too() -> None:
+    decoder = LengthPrefixDecoder(max_size=4)
+    assert decoder.feed(encode_length_prefixed(b"abcd") + header(5)) == [b"abcd"]
+    assert isinstance(decoder.error, FrameTooLarge)
+    with pytest.raises(FrameTooLarge) as info:
+        decoder.eof()  # not IncompleteFrame, although a header is pending
+    assert info.value is decoder.error
+
+
+def test_length_prefix_an_empty_frame_before_the_error_counts_as_a_payload() -> None:
+    decoder = LengthPrefixDecoder(max_size=4)
+    assert decoder.feed(header(0) + header(5)) == [b""]
+    assert isinstance(decoder.error, FrameTooLarge)
+
+
+def test_length_prefix_error_with_no_frame_before_it_is_raised_at_once() -> None:
+    decoder = LengthPrefixDecoder(max_size=4)
+    assert decoder.feed(header(4)[:2]) == []
+    with pytest.raises(FrameTooLarge) as info:
+        decoder.feed(header(5)[2:] + b"abcde")
+    assert decoder.error is info.value
+    assert info.value.size == 5
 
 
 @pytest.mark.parametrize("max_size", [0, 1, 100, MAX_FRAME])
@@ -428,8 +480,57 @@ def test_line_too_long_while_still_incomplete(max_size: int) -> None:
 def test_line_too_long_when_the_long_line_arrives_whole() -> None:
     decoder = DelimiterDecoder(max_size=5)
     with pytest.raises(LineTooLong) as info:
-        decoder.feed(b"ok\n123456\n")
+        decoder.feed(b"123456\nok\n")
     assert (info.value.size, info.value.limit) == (6, 5)
+    assert str(info.value) == "line of 6 bytes exceeds the 5-byte limit"
+    assert decoder.error is info.value
+
+
+@pytest.mark.parametrize(
+    ("bad", "size", "message"),
+    [
+        (b"123456\nlater\n", 6, "line of 6 bytes exceeds the 5-byte limit"),
+        (b"123456", 6, "line of more than 5 bytes exceeds the 5-byte limit"),
+        (b"12345\r\r", 7, "line of more than 5 bytes exceeds the 5-byte limit"),
+    ],
+    ids=["complete", "incomplete", "incomplete-cr"],
+)
+def test_line_too_long_after_good_lines_in_the_same_feed(
+    bad: bytes, size: int, message: str
+) -> None:
+    # The lines before the long one are returned by the same feed; the error waits.
+    decoder = DelimiterDecoder(max_size=5)
+    assert decoder.error is None
+    assert decoder.feed(b"ok\r\n\n12345\n" + bad) == [b"ok", b"", b"12345"]
+    error = decoder.error
+    assert isinstance(error, LineTooLong)
+    assert (error.size, error.limit, error.code) == (size, 5, "line_too_long")
+    assert str(error) == message
+    with pytest.raises(LineTooLong) as info:
+        decoder.feed(b"fine\n")
+    assert info.value is error
+    with pytest.raises(LineTooLong) as info:
+        decoder.eof()
+    assert info.value is error
+    assert decoder.error is error
+
+
+def test_line_too_long_after_a_line_that_began_in_an_earlier_feed() -> None:
+    decoder = DelimiterDecoder(max_size=5)
+    assert decoder.feed(b"ab") == []
+    assert decoder.feed(b"c\n" + b"x" * 6 + b"\n") == [b"abc"]
+    assert isinstance(decoder.error, LineTooLong)
+    with pytest.raises(LineTooLong):
+        decoder.feed(b"")
+
+
+def test_line_too_long_with_no_line_before_it_is_raised_at_once() -> None:
+    decoder = DelimiterDecoder(max_size=5)
+    assert decoder.feed(b"1234") == []
+    with pytest.raises(LineTooLong) as info:
+        decoder.feed(b"56\nok\n")  # the long line's delimiter comes first: nothing to return
+    assert decoder.error is info.value
+    assert info.value.size == 6
 
 
 def test_line_too_long_on_the_final_partial_line() -> None:
@@ -567,14 +668,36 @@ def _failed(kind: str) -> tuple[Decoder, RemoteProtocolError]:
         decoder, bad = DelimiterDecoder(max_size=4), b"12345"
     elif kind == "until-close-too-large":
         decoder, bad = UntilCloseDecoder(max_size=4), b"12345"
+    elif kind == "length-too-large-after-a-frame":
+        decoder = LengthPrefixDecoder(max_size=4)
+        assert decoder.feed(encode_length_prefixed(b"ok") + header(5)) == [b"ok"]
+        error = error_of(decoder)
+        assert error is not None
+        return decoder, error
+    elif kind == "line-too-long-after-a-line":
+        decoder = DelimiterDecoder(max_size=4)
+        assert decoder.feed(b"ok\n12345") == [b"ok"]
+        error = error_of(decoder)
+        assert error is not None
+        return decoder, error
     else:
         raise AssertionError(kind)
     with pytest.raises(RemoteProtocolError) as info:
         decoder.feed(bad)
+    assert error_of(decoder) is info.value
     return decoder, info.value
 
 
-@pytest.mark.parametrize("kind", ["length-too-large", "line-too-long", "until-close-too-large"])
+FAILURES = [
+    "length-too-large",
+    "line-too-long",
+    "until-close-too-large",
+    "length-too-large-after-a-frame",
+    "line-too-long-after-a-line",
+]
+
+
+@pytest.mark.parametrize("kind", FAILURES)
 def test_failed_decoder_keeps_raising_the_same_error(kind: str) -> None:
     decoder, error = _failed(kind)
     for call in (
@@ -587,6 +710,20 @@ def test_failed_decoder_keeps_raising_the_same_error(kind: str) -> None:
         with pytest.raises(RemoteProtocolError) as info:
             call()
         assert info.value is error
+        assert error_of(decoder) is error
+
+
+@pytest.mark.parametrize("sample", SAMPLES, ids=SAMPLE_IDS)
+def test_error_is_none_while_healthy(sample: Sample) -> None:
+    decoder = sample.make()
+    assert error_of(decoder) is None
+    for chunk in random_splits(sample.stream + sample.partial, 7):
+        decoder.feed(chunk)
+        assert error_of(decoder) is None
+    decoder = sample.make()
+    decoder.feed(sample.stream)
+    decoder.eof()
+    assert error_of(decoder) is None
 
 
 @pytest.mark.parametrize(
@@ -601,9 +738,11 @@ def test_failed_decoder_keeps_raising_the_same_error(kind: str) -> None:
 def test_incomplete_frame_at_eof_is_sticky(make: Callable[[], Decoder]) -> None:
     decoder = make()
     decoder.feed(b"\x00\x00")
+    assert error_of(decoder) is None
     with pytest.raises(IncompleteFrame) as info:
         decoder.eof()
     error = info.value
+    assert error_of(decoder) is error
     with pytest.raises(IncompleteFrame) as again:
         decoder.eof()
     assert again.value is error
@@ -776,12 +915,17 @@ def test_property_only_payloads_or_documented_errors(
     error: RemoteProtocolError | None = None
     try:
         for chunk in split_at(data, cuts):
-            frames.extend(decoder.feed(chunk))
-            if bound is not None:
+            got = decoder.feed(chunk)
+            frames.extend(got)
+            if error_of(decoder) is not None:
+                # A feed that returns despite an error returns the payloads before it.
+                assert got, "an error with no payload before it must be raised at once"
+            elif bound is not None:
                 assert decoder.buffered <= bound, "a decoder held more than its limit allows"
         frames.extend(decoder.eof())
     except DOCUMENTED_ERRORS as exc:  # anything else propagates and fails the test
         error = exc
+        assert error_of(decoder) is exc
     for frame in frames:
         assert type(frame) is bytes
         if limit is not None:
@@ -828,11 +972,15 @@ def test_property_decoding_is_independent_of_splitting(
     by_byte = run(make(), bytewise(data))
     split = run(make(), split_at(data, cuts))
     assert _signature(split) == _signature(whole) == _signature(by_byte)
-    if whole.error is not None:
-        # Byte by byte, every frame before the bad one comes out; in bigger pieces,
-        # the frames sharing a feed with the error are lost with it, so a prefix.
-        for outcome in (whole, split):
-            assert outcome.frames == by_byte.frames[: len(outcome.frames)]
+    # Byte by byte, every frame before the bad one comes out; in bigger pieces the
+    # frames that share a feed with the error come out too, so all are the same.
+    assert split.frames == whole.frames == by_byte.frames
+    # Without eof the last feed may only have noted its error: ``error`` tells all the same.
+    open_ended = [run(make(), chunks, eof=False) for chunks in ([data], split_at(data, cuts))]
+    by_byte_open = run(make(), bytewise(data), eof=False)
+    for outcome in open_ended:
+        assert _signature(outcome) == _signature(by_byte_open)
+        assert outcome.frames == by_byte_open.frames
 
 
 payload_lists = st.lists(st.binary(max_size=40), max_size=20)

@@ -234,3 +234,12 @@ def test_udp_never_sends_a_reply_larger_than_its_request(serve):
         sock.sendto(b"ping", server.address)
         with pytest.raises(TimeoutError):
             sock.recv(65536)
+
+
+def test_framed_echo_answers_good_frames_then_refuses_a_bad_header_in_the_same_chunk(serve):
+    server = serve(EchoService(framed=True, max_frame=1024))
+    with connect(server.address) as sock:
+        sock.sendall(frame(b"antes") + struct.pack(">I", 4096))  # one write: good, then too big
+        assert read_frame(sock) == b"antes"
+        assert read_frame(sock).startswith(b"ERR frame_too_large: frame of 4096 bytes")
+        assert read_to_eof(sock) == b""

@@ -337,7 +337,7 @@ def test_the_busy_refusal_is_a_frame(serve):
     first = Framed(server.address)
     assert first.ask("/ping") == b"pong"
     second = Framed(server.address)
-    assert second.recv() == b"ERR busy: server busy: 1 connections already"
+    assert second.recv() == b"ERR busy: too many connections (limit 1)"
     first.close()
     second.close()
 

@@ -11,6 +11,7 @@ without reading cannot make the server buffer without bound.
 from __future__ import annotations
 
 import asyncio
+import asyncio.selector_events
 import logging
 import threading
 import time
@@ -18,6 +19,7 @@ from collections.abc import Callable, Coroutine
 from types import TracebackType
 from typing import Any, cast
 
+from enlace.addresses import format_address
 from enlace.exceptions import EnlaceError
 from enlace.limits import DRAIN_TIMEOUT, IDLE_TIMEOUT, MAX_CONNECTIONS, WRITE_BUFFER_HIGH
 from enlace.logs import log_closed, log_refused, logger_for
@@ -133,6 +135,11 @@ class _Connection(asyncio.Protocol):
         self._peer = peer_address(transport.get_extra_info("peername"))
         server = self._server
         server._connections.add(self)
+        if server._shutting_down:
+            # Accepted by the loop in the same turn as shutdown(): too late to be served.
+            self._refused = True
+            transport.abort()
+            return
         if server.max_connections is not None and server._active >= server.max_connections:
             self._refuse()
             return
@@ -143,7 +150,9 @@ class _Connection(asyncio.Protocol):
         try:
             self._handler = server.service.handler()
         except Exception:
-            server.logger.exception("could not set up a connection from %s", self._peer)
+            server.logger.exception(
+                "could not set up a connection from %s", format_address(*self._peer)
+            )
             self._reason = "setup error"
             transport.abort()
             return
@@ -203,7 +212,9 @@ class _Connection(asyncio.Protocol):
             try:
                 self._handler.connection_lost(exc)
             except Exception:
-                server.logger.exception("error in connection_lost on %s", self._peer)
+                server.logger.exception(
+                    "error in connection_lost on %s", format_address(*self._peer)
+                )
         log_closed(
             server.logger,
             self._peer,
@@ -245,7 +256,7 @@ class _Connection(asyncio.Protocol):
                 self._shut()
 
     def _handler_failed(self, exc: Exception) -> None:
-        self._server.logger.error("handler error on %s", self._peer, exc_info=exc)
+        self._server.logger.error("handler error on %s", format_address(*self._peer), exc_info=exc)
         self._reason = f"handler error: {exc!r}"
         self._closing = True
 
@@ -289,7 +300,7 @@ class _Connection(asyncio.Protocol):
         assert self._transport is not None
         self._refused = True
         self._closing = True
-        reason = f"server busy: {self._server.max_connections} connections already"
+        reason = f"too many connections (limit {self._server.max_connections})"
         log_refused(self._server.logger, self._peer, reason)
         self._transport.write(self._server.service.refusal(reason))
         self._shut()
@@ -326,6 +337,7 @@ class Server:
         self._server: asyncio.Server | None = None
         self._connections: set[_Connection] = set()
         self._active = 0  # connections counted against max_connections (not refused ones)
+        self._shutting_down = False
         self._drained: asyncio.Event | None = None
         self._stopped: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop
@@ -369,6 +381,8 @@ class Server:
             return
         if drain_timeout is not None and drain_timeout < 0:
             drain_timeout = self.drain_timeout
+        self._shutting_down = True
+        await self._stop_accepting()
         self._server.close()
         if self._connections:
             self._drained = asyncio.Event()
@@ -387,6 +401,18 @@ class Server:
         await self._server.wait_closed()
         assert self._stopped is not None
         self._stopped.set()
+
+    async def _stop_accepting(self) -> None:
+        # Python 3.11 loses a connection that its loop accepted in the same turn as
+        # Server.close(): the transport is created after the close, Server._attach()
+        # asserts, the error is swallowed and the socket is left open, so the client
+        # hangs. Stop watching the listening sockets first, then let one turn of the
+        # loop set up what was already accepted (connection_made closes those).
+        assert self._server is not None
+        if isinstance(self._loop, asyncio.selector_events.BaseSelectorEventLoop):
+            for sock in self._server.sockets:
+                self._loop.remove_reader(sock.fileno())
+            await asyncio.sleep(0)
 
     async def __aenter__(self) -> Server:
         await self.start()

@@ -1,4 +1,4 @@
-"""The ``enlace`` command: ``up``, ``serve NAME``, ``connect``.
+"""The ``enlace`` command: ``up``, ``serve NAME``, ``connect``, ``send``, ``shell``.
 
 Errors a user can cause (port in use, bad address, connection refused) print
 one line, ``enlace: <what went wrong>``, on standard error and exit 1; usage
@@ -19,7 +19,7 @@ from enlace.cli.message import run_send, run_shell
 from enlace.cli.options import optional_number, server_options
 from enlace.cli.runner import Launch, Runtime, describe, run_servers
 from enlace.exceptions import EnlaceError
-from enlace.limits import MAX_DATAGRAM
+from enlace.limits import DRAIN_TIMEOUT, IDLE_TIMEOUT, MAX_DATAGRAM
 
 __all__ = ["main"]
 
@@ -53,7 +53,12 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="let the system pick free ports instead of the default ones",
     )
-    up.add_argument("--runtime", choices=("asyncio", "threads"), default="asyncio")
+    up.add_argument(
+        "--runtime",
+        choices=("asyncio", "threads"),
+        default="asyncio",
+        help="asyncio (one event loop) or threads (one thread per client); default asyncio",
+    )
     up.set_defaults(handler=_cmd_up)
 
     serve = commands.add_parser("serve", help="run one service", description="Run one service.")
@@ -130,8 +135,8 @@ def _launch(entry: ServiceEntry, args: argparse.Namespace, host: str, port: int)
         host=host,
         port=port,
         max_connections=getattr(args, "max_connections", "default"),
-        idle_timeout=getattr(args, "idle_timeout", 300.0),
-        drain_timeout=getattr(args, "drain_timeout", 10.0),
+        idle_timeout=getattr(args, "idle_timeout", IDLE_TIMEOUT),
+        drain_timeout=getattr(args, "drain_timeout", DRAIN_TIMEOUT),
         max_datagram=getattr(args, "max_datagram", MAX_DATAGRAM),
     )
 
@@ -189,7 +194,7 @@ def _cmd_connect(args: argparse.Namespace) -> int:
     try:
         host, port = _connect_target(args.target)
     except ValueError as exc:
-        print(f"enlace connect: {exc}", file=sys.stderr)
+        print(f"enlace: {exc}", file=sys.stderr)
         return 2
     if args.udp:
         return connect_udp_stdio(

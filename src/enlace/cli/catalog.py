@@ -99,6 +99,7 @@ def _chat_options(parser: argparse.ArgumentParser) -> None:
 
 def _build_chat(args: argparse.Namespace) -> MessageService:
     return MessageService(
+        name="chat",
         max_frame=_option(args, "max_frame", MAX_FRAME),  # type: ignore[arg-type]
         max_line=_option(args, "max_line", MAX_LINE),  # type: ignore[arg-type]
         trace=print_trace if _option(args, "trace", False) else None,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,19 +26,24 @@ def run_send(
     host: str, port: int, message: str, *, as_json: bool, timeout: float | None, trace: bool
 ) -> int:
     """Send one request, print the reply; exit 1 on an error reply."""
+    request_id: Any = 1
+    call: Callable[[Client], Any] = _typed_line(message)
+    if as_json and message.lstrip().startswith("{"):
+        try:
+            request_id, call = _json_object(message)
+        except RequestError as exc:
+            print(f"enlace: {exc.message}", file=sys.stderr)
+            return 2
     tracer = tracer_for_peer((host, port)) if trace else None
     with Client(
         host, port, request_timeout=timeout, trace=tracer, on_event=lambda _: None
     ) as client:
         try:
-            if as_json and message.lstrip().startswith("{"):
-                result, request_id = _send_json_object(client, message)
-            else:
-                result, request_id = client.command(message), 1
+            result = call(client)
         except RequestError as exc:
             if as_json:
                 error = {"code": exc.code, "message": exc.message}
-                print(dumps({"id": 1, "ok": False, "error": error}).decode())
+                print(dumps({"id": request_id, "ok": False, "error": error}).decode())
             else:
                 print(f"ERR {exc.code}: {exc.message}", file=sys.stderr)
             return 1
@@ -48,17 +54,24 @@ def run_send(
     return 0
 
 
-def _send_json_object(client: Client, message: str) -> tuple[Any, Any]:
+def _typed_line(line: str) -> Callable[[Client], Any]:
+    return lambda client: client.command(line)
+
+
+def _json_object(message: str) -> tuple[Any, Callable[[Client], Any]]:
+    """A JSON request typed by the user: its id, and how to send it."""
     try:
         body = loads(message)
     except ValueError as exc:
         raise RequestError("invalid_json", f"the message is not valid JSON: {exc}") from None
     if not isinstance(body, dict) or not isinstance(body.get("cmd"), str):
         raise RequestError("bad_request", 'a JSON message needs at least {"cmd": "..."}')
-    args = body.get("args", [])
+    name, line, args = body["cmd"].lstrip("/"), body.get("line"), body.get("args", [])
+    if isinstance(line, str):
+        return body.get("id", 1), lambda client: client.command(f"/{name} {line}")
     if not isinstance(args, list):
         raise RequestError("bad_request", '"args" must be an array')
-    return client.request(body["cmd"], *args), body.get("id", 1)
+    return body.get("id", 1), lambda client: client.request(name, *args)
 
 
 def _history_file() -> Path | None:

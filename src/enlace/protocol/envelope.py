@@ -15,6 +15,7 @@ the stream cannot be resynchronised, so the reply is sent and the connection clo
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -31,6 +32,7 @@ __all__ = [
     "ChatText",
     "Form",
     "JsonRequest",
+    "JsonTooDeep",
     "Kind",
     "Request",
     "ServerConnection",
@@ -96,18 +98,35 @@ Request = TextCommand | JsonRequest | ChatText
 MAX_ID = 256
 
 
+class JsonTooDeep(ValueError):
+    """A JSON document nests deeper than the limit."""
+
+
 def loads(payload: bytes | str, *, max_depth: int | None = MAX_JSON_DEPTH) -> Any:
     """Parse JSON strictly (no NaN or Infinity) and bound its nesting depth.
 
-    Raises :class:`ValueError` with a message fit for an error reply.
+    Raises :class:`JsonTooDeep` or another :class:`ValueError` with a message
+    fit for an error reply.
     """
-    value = orjson.loads(payload)
-    if max_depth is not None:
-        raw = payload.encode() if isinstance(payload, str) else payload
-        # Counting brackets runs in C; only suspicious payloads pay for the walk.
-        if raw.count(b"[") + raw.count(b"{") > max_depth and _depth(value) > max_depth:
-            raise ValueError(f"JSON nested deeper than {max_depth} levels")
-    return value
+    raw = payload.encode() if isinstance(payload, str) else payload
+    # Counting brackets runs in C; only suspicious documents pay for measuring.
+    if max_depth is not None and raw.count(b"[") + raw.count(b"{") > max_depth:
+        _check_depth(raw, max_depth)
+    return orjson.loads(raw)
+
+
+def _check_depth(raw: bytes, max_depth: int) -> None:
+    # orjson recurses on the C stack and overflows it (killing the process) at
+    # about 150,000 levels, so a suspicious document is measured first with the
+    # standard library's parser, which raises RecursionError instead.
+    try:
+        value = json.loads(raw)
+    except RecursionError:
+        raise JsonTooDeep(f"JSON nested deeper than {max_depth} levels") from None
+    except ValueError:
+        return  # not valid JSON: orjson says why, with the same message as always
+    if _depth(value) > max_depth:
+        raise JsonTooDeep(f"JSON nested deeper than {max_depth} levels")
 
 
 def _depth(value: Any) -> int:
@@ -158,6 +177,8 @@ def _is_json(payload: bytes, max_json: int | None, max_json_depth: int | None) -
         return False
     try:
         loads(payload, max_depth=max_json_depth)
+    except JsonTooDeep:
+        return True  # an array, certainly, and deep at that
     except ValueError:  # orjson.JSONDecodeError is a ValueError too
         return False
     return True
@@ -174,11 +195,11 @@ def _parse_json(
         )
     try:
         value = loads(payload, max_depth=max_json_depth)
-    except orjson.JSONDecodeError as exc:
+    except JsonTooDeep as exc:
+        return BadRequest("json_too_deep", str(exc), "json")
+    except ValueError as exc:  # orjson.JSONDecodeError
         code = "invalid_utf8" if "utf-8" in str(exc).lower() else "invalid_json"
         return BadRequest(code, f"invalid JSON: {exc}", "json")
-    except ValueError as exc:
-        return BadRequest("json_too_deep", str(exc), "json")
     if not isinstance(value, dict):
         return BadRequest("not_an_object", "a JSON request must be an object", "json")
     request_id = value.get("id")
@@ -198,6 +219,8 @@ def _parse_json(
         return BadRequest(
             "bad_request", '"line" must be a string, and not given with "args"', "json", request_id
         )
+    if line is not None:
+        line = line.strip()  # as the rest of a typed command is
     return JsonRequest(request_id, cmd.lower().lstrip("/"), args, line)
 
 
@@ -250,15 +273,24 @@ class ServerConnection:
         #: Called with ``("in" | "out", payload)`` for every payload, for ``--trace``.
         self.trace: Callable[[str, bytes], None] | None = None
 
-    def receive(self, data: bytes) -> list[Request | BadRequest]:
-        """Feed bytes from the client; return what they complete, in order."""
-        if self._decoder is None:
-            if not data:
-                return []
+    def detect(self, data: bytes) -> bool:
+        """Decide the client's kind from its first byte; return True once it is known.
+
+        :meth:`receive` does this itself; a server calls it first when it wants
+        to greet the client before serving what the same bytes ask for.
+        """
+        if self._decoder is None and data:
             if data[0] == 0:
                 self.kind, self._decoder = "framed", LengthPrefixDecoder(max_size=self.max_frame)
             else:
                 self.kind, self._decoder = "lines", DelimiterDecoder(max_size=self._max_line)
+        return self._decoder is not None
+
+    def receive(self, data: bytes) -> list[Request | BadRequest]:
+        """Feed bytes from the client; return what they complete, in order."""
+        if not self.detect(data):
+            return []
+        assert self._decoder is not None
         try:
             payloads = self._decoder.feed(data)
         except RemoteProtocolError as exc:

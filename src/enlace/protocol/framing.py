@@ -73,6 +73,11 @@ class Decoder(Protocol):
         """Bytes held that do not yet form a complete payload."""
         ...
 
+    @property
+    def error(self) -> RemoteProtocolError | None:
+        """The error the decoder failed with (raised by the next call), or ``None``."""
+        ...
+
 
 class _Failing:
     """Remembers the first error so that a failed decoder keeps failing.

@@ -124,7 +124,7 @@ class DatagramService(ABC):
         """Return the reply to ``data`` from ``peer``, or ``None`` for no reply.
 
         The runtime never sends a reply larger than its request (see
-        :mod:`enlace.services.udp`), so a spoofed source address cannot turn the
+        :func:`answer_datagram`), so a spoofed source address cannot turn the
         server into an amplifier.
         """
 

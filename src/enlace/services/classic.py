@@ -62,14 +62,14 @@ class _FramedEchoHandler(StreamHandler):
         self._decoder = LengthPrefixDecoder(max_size=max_frame)
 
     def data_received(self, data: bytes) -> None:
-        aligned = not self._decoder.buffered
+        decoder = self._decoder
+        aligned = not decoder.buffered
         try:
-            frames = self._decoder.feed(data)
+            frames = decoder.feed(data)
         except RemoteProtocolError as exc:
-            self.transport.write(encode_length_prefixed(f"ERR {exc.code}: {exc}".encode()))
-            self.transport.close()
+            self._refuse(exc)
             return
-        if aligned and not self._decoder.buffered and all(frames):
+        if decoder.error is None and aligned and not decoder.buffered and all(frames):
             # The chunk was exactly whole, non-empty frames: their echo is the chunk itself.
             self.transport.write(data)
             return
@@ -77,6 +77,12 @@ class _FramedEchoHandler(StreamHandler):
         for payload in frames:
             if payload:  # an empty frame is a keep-alive: no reply
                 write(encode_length_prefixed(payload, max_size=None))
+        if decoder.error is not None:  # frames before a bad header are echoed, then the error
+            self._refuse(decoder.error)
+
+    def _refuse(self, exc: RemoteProtocolError) -> None:
+        self.transport.write(encode_length_prefixed(f"ERR {exc.code}: {exc}".encode()))
+        self.transport.close()
 
     def eof_received(self) -> None:
         # A frame cut short by the close gets no echo; there is nobody to tell.

@@ -20,6 +20,8 @@ commands that push events. ``async def`` commands are awaited; commands marked
 from __future__ import annotations
 
 import inspect
+import math
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -38,6 +40,8 @@ _TYPES: dict[Any, type] = {
     bool: bool, "bool": bool, _REQUIRED: str,
 }  # fmt: skip
 _TRUE, _FALSE = {"true", "yes", "on", "1"}, {"false", "no", "off", "0"}
+_INTEGER = re.compile(r"[+-]?[0-9]+", re.ASCII)
+_NUMBER = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?", re.ASCII)
 
 
 class CommandError(EnlaceError):
@@ -81,11 +85,12 @@ class _Parameter:
         if self.kind is bool:
             if text.lower() in _TRUE | _FALSE:
                 return text.lower() in _TRUE
-        else:
-            try:
-                return self.kind(text)
-            except ValueError:
-                pass
+        # Python's int() and float() also take "1_000", "٣", "nan" and "inf";
+        # an argument is plain ASCII decimal notation and a finite number.
+        elif (_INTEGER if self.kind is int else _NUMBER).fullmatch(text):
+            value = self.kind(text)
+            if self.kind is int or math.isfinite(value):  # "1e400" overflows to inf
+                return value
         raise CommandError("bad_arguments", f"{self.name} must be {self._article}; usage: {usage}")
 
     def from_json(self, value: Any, usage: str) -> Any:

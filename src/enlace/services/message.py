@@ -18,6 +18,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from enlace.addresses import format_address
 from enlace.limits import MAX_FRAME, MAX_JSON, MAX_JSON_DEPTH, MAX_LINE, MAX_PIPELINE
 from enlace.logs import logger_for
 from enlace.protocol.envelope import (
@@ -94,11 +95,12 @@ class _MessageHandler(StreamHandler):
             self._protocol.trace = lambda direction, payload: trace(direction, peer, payload)
 
     def data_received(self, data: bytes) -> None:
-        started = self._protocol.kind != "unknown"
-        items = self._protocol.receive(data)
-        if not started and self._protocol.kind != "unknown":
+        if self._protocol.kind == "unknown":
+            if not self._protocol.detect(data):
+                return
+            # Greet before serving the first requests, in text form, however TCP cut them.
             self._service.on_start(self.session)
-        for item in items:
+        for item in self._protocol.receive(data):
             self._submit(item)
 
     def eof_received(self) -> None:
@@ -196,7 +198,8 @@ class _MessageHandler(StreamHandler):
             code, message = exc.code, exc.message
         else:
             what = f"/{command.name}" if command else "the command"
-            self._service.logger.error("error in %s from %s", what, self.session.peer, exc_info=exc)
+            peer = format_address(*self.session.peer)
+            self._service.logger.error("error in %s from %s", what, peer, exc_info=exc)
             code, message = "internal_error", f"internal error in {what} (logged on the server)"
         if not self._closing:
             self.transport.write(self._protocol.error(item, code, message))
@@ -223,6 +226,7 @@ class MessageService(StreamService, CommandSet):
     def __init__(
         self,
         *,
+        name: str = "message",
         builtins: bool = True,
         max_frame: int | None = MAX_FRAME,
         max_line: int | None = MAX_LINE,
@@ -232,6 +236,7 @@ class MessageService(StreamService, CommandSet):
         trace: Tracer | None = None,
     ) -> None:
         CommandSet.__init__(self)
+        self.name = name
         self.max_frame = max_frame
         self.max_line = max_line
         self.max_json = max_json

@@ -20,6 +20,7 @@ from collections.abc import Callable, Coroutine
 from types import TracebackType
 from typing import Any
 
+from enlace.addresses import format_address
 from enlace.exceptions import EnlaceError
 from enlace.limits import (
     DRAIN_TIMEOUT,
@@ -84,8 +85,8 @@ class _Connection:
         return self._peer
 
     def write(self, data: bytes) -> None:
-        if not data:
-            return
+        if not data or self._close_requested.is_set():
+            return  # as in the asyncio runtime: nothing is sent after close()
         if self._corked is not None and threading.get_ident() == self._owner:
             self._corked.append(data)
         else:
@@ -184,7 +185,7 @@ class _Connection:
             reason, error = f"connection lost: {exc.strerror or exc}", exc
         except Exception as exc:  # a handler bug must cost one connection, not the server
             reason, error = f"handler error: {exc!r}", exc
-            self._server.logger.exception("handler error on %s", self._peer)
+            self._server.logger.exception("handler error on %s", format_address(*self._peer))
         finally:
             self._finish(reason, error, started)
 
@@ -196,7 +197,9 @@ class _Connection:
         try:
             self._handler.connection_lost(error)
         except Exception:
-            self._server.logger.exception("error in connection_lost on %s", self._peer)
+            self._server.logger.exception(
+                "error in connection_lost on %s", format_address(*self._peer)
+            )
         log_closed(
             self._server.logger,
             self._peer,
@@ -402,7 +405,7 @@ class Server:
         selector: selectors.BaseSelector,
         lingering: dict[socket.socket, float],
     ) -> None:
-        reason = f"server busy: {self.max_connections} connections already"
+        reason = f"too many connections (limit {self.max_connections})"
         log_refused(self.logger, peer, reason)
         sock.setblocking(False)
         try:
@@ -437,7 +440,7 @@ class Server:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             handler = self.service.handler()
         except Exception:
-            self.logger.exception("could not set up a connection from %s", peer)
+            self.logger.exception("could not set up a connection from %s", format_address(*peer))
             sock.close()
             if self._slots is not None:
                 self._slots.release()

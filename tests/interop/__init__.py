@@ -1,0 +1,1 @@
+"""Interoperability tests: enlace against programs written independently of it."""
