@@ -1,9 +1,12 @@
-"""The asyncio runtime's TCP server, built on :class:`asyncio.Protocol`.
+"""The asyncio runtime's TCP server, built on :class:`asyncio.BufferedProtocol`.
 
 Protocols rather than streams: no task per connection and no intermediate
 ``StreamReader`` buffer, so each chunk of bytes goes from the loop straight to
-the service's handler. Replies written during one callback leave in a single
-``transport.write``. Backpressure is explicit: when a client does not read, its
+the service's handler. *Buffered* protocols, because a plain ``Protocol``
+transport reads with ``recv(256 KiB)``, allocating (and, at that size,
+mapping and unmapping) 256 KiB for every read however small; we read into one
+buffer per server and hand the handler an exact-size copy. Replies written
+during one callback leave in a single ``transport.write``. Backpressure is explicit: when a client does not read, its
 transport pauses writing and we pause reading from it, so a client that sends
 without reading cannot make the server buffer without bound.
 """
@@ -21,7 +24,13 @@ from typing import Any, cast
 
 from enlace.addresses import format_address
 from enlace.exceptions import EnlaceError
-from enlace.limits import DRAIN_TIMEOUT, IDLE_TIMEOUT, MAX_CONNECTIONS, WRITE_BUFFER_HIGH
+from enlace.limits import (
+    DRAIN_TIMEOUT,
+    IDLE_TIMEOUT,
+    MAX_CONNECTIONS,
+    READ_SIZE,
+    WRITE_BUFFER_HIGH,
+)
 from enlace.logs import log_closed, log_refused, logger_for
 from enlace.services.base import StreamHandler, StreamService
 from enlace.sockets import listen_tcp, peer_address
@@ -38,7 +47,7 @@ _LINGER_TIMEOUT = 2.0
 _LINGER_BYTES = 1024 * 1024
 
 
-class _Connection(asyncio.Protocol):
+class _Connection(asyncio.BufferedProtocol):
     """One client: the loop's callbacks in, the service handler's Transport out."""
 
     def __init__(self, server: Server) -> None:
@@ -128,7 +137,15 @@ class _Connection(asyncio.Protocol):
         if not self._paused_by and self._transport is not None and not self._closing:
             self._transport.resume_reading()
 
-    # -- asyncio.Protocol (what the loop calls) ------------------------------
+    # -- asyncio.BufferedProtocol (what the loop calls) ----------------------
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        # Shared by all connections: the loop calls buffer_updated() right after
+        # filling it, and buffer_updated() copies the bytes out before returning.
+        return self._server._read_buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(bytes(self._server._read_buffer[:nbytes]))
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport = cast(asyncio.Transport, transport)
@@ -337,6 +354,7 @@ class Server:
         self._server: asyncio.Server | None = None
         self._connections: set[_Connection] = set()
         self._active = 0  # connections counted against max_connections (not refused ones)
+        self._read_buffer = memoryview(bytearray(READ_SIZE))
         self._shutting_down = False
         self._drained: asyncio.Event | None = None
         self._stopped: asyncio.Event | None = None
