@@ -20,14 +20,22 @@ import enlace.asyncio
 import enlace.sync
 from enlace.services import DatagramService, StreamService
 
+try:
+    import uvloop
+except ImportError:  # optional: the asyncio runtime on uvloop is tested where it is installed
+    uvloop = None
+
+#: What the command line's --runtime takes.
 RUNTIMES = ("threads", "asyncio")
+#: What the behaviour suites run on: the asyncio runtime on both event loops.
+SERVER_RUNTIMES = (*RUNTIMES, "uvloop") if uvloop is not None else RUNTIMES
 
 
 class LoopThread:
     """An event loop running in a background thread, for driving asyncio servers from tests."""
 
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
+    def __init__(self, *, use_uvloop: bool = False) -> None:
+        self.loop = uvloop.new_event_loop() if use_uvloop else asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self._thread.start()
 
@@ -63,7 +71,7 @@ class Running:
             self._loop.run(self.server.shutdown(drain_timeout))
 
 
-@pytest.fixture(params=RUNTIMES)
+@pytest.fixture(params=SERVER_RUNTIMES)
 def runtime(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
@@ -71,7 +79,7 @@ def runtime(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def serve(runtime: str) -> Iterator[Callable[..., Running]]:
     started: list[Running] = []
-    loop = LoopThread() if runtime == "asyncio" else None
+    loop = None if runtime == "threads" else LoopThread(use_uvloop=runtime == "uvloop")
 
     def start(service: StreamService | DatagramService, **options: Any) -> Running:
         datagram = isinstance(service, DatagramService)

@@ -6,9 +6,10 @@ the service's handler. *Buffered* protocols, because a plain ``Protocol``
 transport reads with ``recv(256 KiB)``, allocating (and, at that size,
 mapping and unmapping) 256 KiB for every read however small; we read into one
 buffer per server and hand the handler an exact-size copy. Replies written
-during one callback leave in a single ``transport.write``. Backpressure is explicit: when a client does not read, its
-transport pauses writing and we pause reading from it, so a client that sends
-without reading cannot make the server buffer without bound.
+during one callback leave in a single ``transport.write``. Backpressure is
+explicit: when a client does not read, its transport pauses writing and we
+pause reading from it, so a client that sends without reading cannot make the
+server buffer without bound.
 """
 
 from __future__ import annotations

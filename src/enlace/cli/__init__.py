@@ -16,8 +16,8 @@ from enlace.addresses import format_address, parse_address
 from enlace.cli.catalog import CATALOG, ServiceEntry
 from enlace.cli.connect import connect_tcp_stdio, connect_udp_stdio
 from enlace.cli.message import run_send, run_shell
-from enlace.cli.options import optional_number, server_options
-from enlace.cli.runner import Launch, Runtime, describe, run_servers
+from enlace.cli.options import loop_option, optional_number, server_options
+from enlace.cli.runner import Launch, Runtime, describe, loop_name, run_servers
 from enlace.exceptions import EnlaceError
 from enlace.limits import DRAIN_TIMEOUT, IDLE_TIMEOUT, MAX_DATAGRAM
 
@@ -59,6 +59,7 @@ def _parser() -> argparse.ArgumentParser:
         default="asyncio",
         help="asyncio (one event loop) or threads (one thread per client); default asyncio",
     )
+    loop_option(up)
     up.set_defaults(handler=_cmd_up)
 
     serve = commands.add_parser("serve", help="run one service", description="Run one service.")
@@ -141,16 +142,25 @@ def _launch(entry: ServiceEntry, args: argparse.Namespace, host: str, port: int)
     )
 
 
+def _engine(runtime: Runtime, args: argparse.Namespace) -> str:
+    """``threads``, ``asyncio`` or ``asyncio/uvloop``, for the banner."""
+    if runtime == "threads" or loop_name(args.loop) == "asyncio":
+        return runtime
+    return "asyncio/uvloop"
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     entry: ServiceEntry = args.entry
     runtime: Runtime = args.runtime
 
     def announce(started: list[tuple[Launch, tuple[str, int]]]) -> None:
         for launch, address in started:
-            print(f"enlace: {describe(launch, address, runtime)}", flush=True)
+            print(f"enlace: {describe(launch, address, _engine(runtime, args))}", flush=True)
             print(f"  try it: {entry.try_it.format(host=address[0], port=address[1])}", flush=True)
 
-    return run_servers([_launch(entry, args, args.host, args.port)], runtime, announce)
+    return run_servers(
+        [_launch(entry, args, args.host, args.port)], runtime, announce, loop=args.loop
+    )
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
@@ -172,12 +182,12 @@ def _cmd_up(args: argparse.Namespace) -> int:
                 )
             )
         widths = [max(len(row[i]) for row in rows) for i in range(2)]
-        print(f"enlace is up ({runtime} runtime):\n")
+        print(f"enlace is up ({_engine(runtime, args)} runtime):\n")
         for name, where, try_it in rows:
             print(f"  {name:<{widths[0]}}  {where:<{widths[1]}}  {try_it}")
         print("\nCtrl-C stops everything.", flush=True)
 
-    return run_servers(launches, runtime, announce)
+    return run_servers(launches, runtime, announce, loop=args.loop)
 
 
 def _connect_target(words: list[str]) -> tuple[str, int]:

@@ -12,7 +12,7 @@ from enlace.limits import (
     MAX_CONNECTIONS_THREADS,
 )
 
-__all__ = ["optional_number", "port_number", "server_options"]
+__all__ = ["loop_option", "optional_number", "port_number", "server_options"]
 
 
 def optional_number(kind: type[int] | type[float]) -> Callable[[str], int | float | None]:
@@ -40,6 +40,17 @@ def port_number(text: str) -> int:
     return int(text)
 
 
+def loop_option(parser: argparse.ArgumentParser) -> None:
+    """``--loop``: which event loop the asyncio runtime runs on."""
+    parser.add_argument(
+        "--loop",
+        choices=("auto", "asyncio", "uvloop"),
+        default="auto",
+        help="event loop of the asyncio runtime: uvloop is faster; auto uses it when "
+        "installed (pip install 'enlace[fast]'), else asyncio's own",
+    )
+
+
 def server_options(parser: argparse.ArgumentParser, *, default_port: int, udp: bool) -> None:
     """The options every server takes (``--host``, ``--port``, ``--runtime``, limits)."""
     parser.add_argument(
@@ -59,6 +70,7 @@ def server_options(parser: argparse.ArgumentParser, *, default_port: int, udp: b
         default="asyncio",
         help="asyncio (one event loop) or threads (one thread per client); default asyncio",
     )
+    loop_option(parser)
     if udp:
         return
     parser.add_argument(

@@ -22,7 +22,7 @@ from enlace.exceptions import EnlaceError
 from enlace.limits import MAX_CONNECTIONS, MAX_CONNECTIONS_THREADS
 from enlace.services import DatagramService, StreamService
 
-__all__ = ["Launch", "Runtime", "describe", "run_servers"]
+__all__ = ["Launch", "Runtime", "describe", "event_loop_factory", "loop_name", "run_servers"]
 
 Runtime = Literal["threads", "asyncio"]
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -78,14 +78,39 @@ def _stream_limits(launch: Launch, default_cap: int) -> dict[str, Any]:
 Announce = Callable[[list[tuple[Launch, tuple[str, int]]]], None]
 
 
-def run_servers(launches: list[Launch], runtime: Runtime, announce: Announce) -> int:
+def run_servers(
+    launches: list[Launch], runtime: Runtime, announce: Announce, *, loop: str = "auto"
+) -> int:
     """Start every server, call ``announce`` with their real addresses, serve until a signal.
 
-    Raises :class:`EnlaceError` if a server cannot start (the others are stopped first).
+    ``loop`` picks the asyncio event loop: ``asyncio``, ``uvloop``, or ``auto``
+    (uvloop when it is installed). Raises :class:`EnlaceError` if a server
+    cannot start (the others are stopped first).
     """
     if runtime == "asyncio":
-        return asyncio.run(_run_async(launches, announce))
+        with asyncio.Runner(loop_factory=event_loop_factory(loop)) as runner:
+            return runner.run(_run_async(launches, announce))
     return _run_threads(launches, announce)
+
+
+def event_loop_factory(loop: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The loop factory for ``--loop``; ``None`` means asyncio's own loop."""
+    if loop == "asyncio":
+        return None
+    try:
+        import uvloop  # noqa: PLC0415 - optional: pip install 'enlace[fast]'
+    except ImportError:
+        if loop == "uvloop":
+            raise EnlaceError(
+                "--loop uvloop: uvloop is not installed (pip install uvloop)"
+            ) from None
+        return None
+    return uvloop.new_event_loop
+
+
+def loop_name(loop: str) -> str:
+    """What ``--loop`` resolves to on this machine, for the banner."""
+    return "asyncio" if event_loop_factory(loop) is None else "uvloop"
 
 
 def _say_stopping() -> None:
@@ -149,7 +174,7 @@ def _run_threads(launches: list[Launch], announce: Announce) -> int:
     return 0
 
 
-def describe(launch: Launch, address: tuple[str, int], runtime: Runtime) -> str:
+def describe(launch: Launch, address: tuple[str, int], runtime: str) -> str:
     """``upper listening on 127.0.0.1:8000 (tcp, asyncio runtime)``."""
     where = format_address(*address)
     return f"{launch.name} listening on {where} ({launch.transport}, {runtime} runtime)"

@@ -14,6 +14,7 @@ import contextlib
 import logging
 import selectors
 import socket
+import struct
 import threading
 import time
 from collections.abc import Callable, Coroutine
@@ -41,6 +42,26 @@ _LINGER_TIMEOUT = 2.0
 _LINGER_BYTES = 1024 * 1024
 # Refused sockets lingering at once; past this, refusals close straight away.
 _MAX_LINGERING_REFUSALS = 64
+
+
+# Smaller than the asyncio runtime's shared buffer: each client thread has its own.
+_THREAD_READ_SIZE = 64 * 1024
+
+
+def _set_kernel_timeouts(sock: socket.socket, timeout: float | None) -> None:
+    """Bound blocking recv/send with SO_RCVTIMEO/SO_SNDTIMEO.
+
+    Python's own socket timeouts poll() before every call, one extra system call
+    per read and write; the kernel's timeouts cost nothing until they fire, and
+    then the call fails with EAGAIN (BlockingIOError).
+    """
+    sock.settimeout(None)
+    if timeout is None:
+        return
+    seconds = int(timeout)
+    value = struct.pack("ll", seconds, int((timeout - seconds) * 1_000_000))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, value)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, value)
 
 
 _helper: asyncio.AbstractEventLoop | None = None
@@ -159,11 +180,14 @@ class _Connection:
         reason = "closed by client"
         error: BaseException | None = None
         sock, handler = self._sock, self._handler
-        sock.settimeout(self._server.idle_timeout)
+        _set_kernel_timeouts(sock, self._server.idle_timeout)
+        # recv_into one buffer per connection: recv(n) would allocate n bytes per
+        # call, and above 128 KiB that means mapping and unmapping memory each time.
+        buffer = memoryview(bytearray(_THREAD_READ_SIZE))
         try:
             self._call(handler.connection_made, self)
             while not self._close_requested.is_set():
-                data = sock.recv(READ_SIZE)
+                data = bytes(buffer[: sock.recv_into(buffer)])
                 if not data:
                     if self._close_requested.is_set():
                         break  # woken by close() from another thread, not a client EOF
@@ -179,7 +203,7 @@ class _Connection:
                 error = self._send_error
             elif self._close_requested.is_set():
                 reason = "closed by server" if not self._eof else "done"
-        except TimeoutError:
+        except (TimeoutError, BlockingIOError):  # SO_RCVTIMEO ran out: EAGAIN
             reason = "idle timeout"
         except OSError as exc:
             reason, error = f"connection lost: {exc.strerror or exc}", exc
