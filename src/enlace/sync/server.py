@@ -44,7 +44,8 @@ _LINGER_BYTES = 1024 * 1024
 _MAX_LINGERING_REFUSALS = 64
 
 
-# Smaller than the asyncio runtime's shared buffer: each client thread has its own.
+# Each client thread has its own buffer, so it starts smaller than the asyncio
+# runtime's shared one, and grows to READ_SIZE once a read fills it.
 _THREAD_READ_SIZE = 64 * 1024
 
 
@@ -187,7 +188,10 @@ class _Connection:
         try:
             self._call(handler.connection_made, self)
             while not self._close_requested.is_set():
-                data = bytes(buffer[: sock.recv_into(buffer)])
+                size = sock.recv_into(buffer)
+                data = bytes(buffer[:size])
+                if size == len(buffer) < READ_SIZE:
+                    buffer = memoryview(bytearray(READ_SIZE))  # a bulk sender: read more at once
                 if not data:
                     if self._close_requested.is_set():
                         break  # woken by close() from another thread, not a client EOF
