@@ -23,7 +23,7 @@ from enlace.protocol.framing import LengthPrefixDecoder, encode_length_prefixed
 __all__ = ["ClientConnection", "Event", "Reply", "Text"]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Reply:
     """The answer to request ``id``: a result if ``ok``, else an error code and message."""
 
@@ -34,14 +34,14 @@ class Reply:
     message: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Event:
     """A server-initiated event (it has no id)."""
 
     data: dict[str, Any]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Text:
     """A payload that is not JSON."""
 

@@ -48,7 +48,7 @@ Kind = Literal["unknown", "framed", "lines"]
 Form = Literal["text", "json"]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class TextCommand:
     """``/name rest of line``: ``name`` is lower-cased, ``rest`` has no leading space."""
 
@@ -57,7 +57,7 @@ class TextCommand:
     form: Form = "text"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class JsonRequest:
     """``{"id": ..., "cmd": ..., "args": [...]}``; ``id`` is echoed in the reply.
 
@@ -73,7 +73,7 @@ class JsonRequest:
     form: Form = "json"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ChatText:
     """Plain text, not a command: a chat message for the client's current room."""
 
@@ -81,7 +81,7 @@ class ChatText:
     form: Form = "text"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class BadRequest:
     """Input that cannot be served; answered with an error (and a close if ``fatal``)."""
 
