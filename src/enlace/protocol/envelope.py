@@ -16,6 +16,7 @@ the stream cannot be resynchronised, so the reply is sent and the connection clo
 from __future__ import annotations
 
 import json
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -24,7 +25,7 @@ import orjson
 
 from enlace.exceptions import RemoteProtocolError
 from enlace.limits import MAX_FRAME, MAX_JSON, MAX_JSON_DEPTH, MAX_LINE
-from enlace.protocol.framing import DelimiterDecoder, LengthPrefixDecoder, encode_length_prefixed
+from enlace.protocol.framing import HEADER_SIZE, DelimiterDecoder, LengthPrefixDecoder
 
 __all__ = [
     "MAX_ID",
@@ -93,6 +94,9 @@ class BadRequest:
 
 
 Request = TextCommand | JsonRequest | ChatText
+
+_pack_header = struct.Struct(">I").pack
+assert struct.calcsize(">I") == HEADER_SIZE
 
 #: Longest string id accepted, so that an error reply (which echoes it) stays small.
 MAX_ID = 256
@@ -332,16 +336,24 @@ class ServerConnection:
             self.trace("out", payload)
         if self.kind == "lines":
             return payload + b"\n"
-        return encode_length_prefixed(payload, max_size=None)
+        return _pack_header(len(payload)) + payload  # sizes are bounded by the callers
 
     def reply(self, request: Request, result: Any) -> bytes:
         """The success reply to ``request``."""
-        if isinstance(request, JsonRequest):
+        if type(request) is JsonRequest:
             body: dict[str, Any] = {"ok": True, "result": result}
             if request.id is not None:
                 body = {"id": request.id, **body}
-            return self._bounded(dumps(body), request)
-        return self._bounded(render_result(result).encode(), request)
+            payload = dumps(body)
+        else:
+            payload = (result if type(result) is str else render_result(result)).encode()
+        if self.max_frame is not None and len(payload) > self.max_frame:
+            return self.error(
+                request,
+                "reply_too_large",
+                f"the reply of {len(payload)} bytes exceeds the {self.max_frame}-byte limit",
+            )
+        return self.encode(payload)
 
     def error(self, request: Request | BadRequest | None, code: str, message: str) -> bytes:
         """The error reply to ``request`` (or to the connection, if ``None``)."""
@@ -367,12 +379,3 @@ class ServerConnection:
         if self.form == "json":
             return self.encode(dumps(event))
         return self.encode(render_event(event).encode())
-
-    def _bounded(self, payload: bytes, request: Request) -> bytes:
-        if self.max_frame is not None and len(payload) > self.max_frame:
-            return self.error(
-                request,
-                "reply_too_large",
-                f"the reply of {len(payload)} bytes exceeds the {self.max_frame}-byte limit",
-            )
-        return self.encode(payload)

@@ -24,6 +24,7 @@ from enlace.logs import logger_for
 from enlace.protocol.envelope import (
     BadRequest,
     ChatText,
+    JsonRequest,
     Request,
     ServerConnection,
     TextCommand,
@@ -128,16 +129,20 @@ class _MessageHandler(StreamHandler):
 
     def _serve(self, item: Request | BadRequest) -> None:
         protocol, service = self._protocol, self._service
-        if isinstance(item, BadRequest):
+        kind = type(item)  # exact types: the hottest test in the server, TextCommand first
+        if kind is BadRequest:
+            assert isinstance(item, BadRequest)
             self.transport.write(protocol.error(item, item.code, item.message))
             if item.fatal:
                 self._close()
             return
         args: list[Any]
-        if isinstance(item, ChatText):
+        if kind is ChatText:
+            assert isinstance(item, ChatText)
             command, args = service.text_command, [item.text]
         else:
-            name = item.name if isinstance(item, TextCommand) else item.cmd
+            assert isinstance(item, TextCommand | JsonRequest)
+            name = item.name if kind is TextCommand else item.cmd  # type: ignore[union-attr]
             found = service.commands.get(name)
             if found is None:
                 shown = name if len(name) <= 40 else name[:40] + "…"
