@@ -18,9 +18,11 @@ __all__ = [
     "MAX_JSON",
     "MAX_JSON_DEPTH",
     "MAX_LINE",
+    "MAX_OUTBOUND",
     "MAX_PIPELINE",
     "READ_SIZE",
     "REQUEST_TIMEOUT",
+    "SLOW_TIMEOUT",
     "WRITE_BUFFER_HIGH",
 ]
 
@@ -78,3 +80,11 @@ MAX_EVENTS = 1024
 # A reply normally takes milliseconds; 30 s covers a slow command (an AI answer)
 # while still telling a caller that something is wrong.
 REQUEST_TIMEOUT = 30.0
+
+# Output waiting for one client (pushes it has not read): past 1 MiB it is not
+# reading at all, and holding more for it would only cost the server memory.
+MAX_OUTBOUND = 1024 * 1024
+
+# A client that leaves more than WRITE_BUFFER_HIGH of output unread this long is
+# stuck or gone; it is disconnected so that broadcasts need not wait for it.
+SLOW_TIMEOUT = 10.0

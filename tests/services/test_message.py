@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
 import socket
 import struct
 import threading
@@ -351,3 +353,97 @@ def test_a_stuck_command_does_not_hold_up_other_clients(chat):
     assert stuck.recv() == b"released"
     stuck.close()
     other.close()
+
+
+# -- slow consumers ------------------------------------------------------------------
+
+
+def pusher(serve, **limits):
+    service = MessageService()
+
+    @service.command
+    def blast(ctx: Context, count: int, size: int = 1000) -> str:
+        """Push ``count`` numbered events of ``size`` bytes to everyone else."""
+        for _ in range(count):
+            number = ctx.session.data["sent"] = ctx.session.data.get("sent", 0) + 1
+            text = f"{number:06d}" + "x" * size
+            ctx.service.broadcast({"event": "n", "text": text}, exclude=ctx.session)
+        return "done"
+
+    return serve(service, **limits)
+
+
+class LogEvent(logging.Handler):
+    """Sets an event when enlace logs a line containing ``needle``: a log line to wait on."""
+
+    def __init__(self, needle: str) -> None:
+        super().__init__(logging.INFO)
+        self.needle, self.seen = needle, threading.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.needle in record.getMessage():
+            self.seen.set()
+
+
+@pytest.fixture
+def dropped():
+    handler = LogEvent("(slow consumer: ")
+    logger = logging.getLogger("enlace")
+    previous = logger.level
+    logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    yield handler.seen
+    logger.removeHandler(handler)
+    logger.setLevel(previous)
+
+
+def test_a_client_that_stops_reading_is_dropped_and_the_others_get_everything(serve, dropped):
+    server = pusher(serve, max_outbound=256 * 1024)
+    slow = socket.socket()
+    slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # kernel buffers hold little
+    slow.connect(server.address)
+    slow.sendall(b"/ping\n")  # a line client that then never reads again
+    good, sender = Lines(server.address), Framed(server.address)
+    assert good.ask("/ping") == "pong" and sender.ask("/ping") == b"pong"
+    received: list[str] = []
+    arrived = threading.Condition()
+
+    def read_all() -> None:
+        with contextlib.suppress(OSError, ValueError):  # ends when the test closes the socket
+            while line := good.file.readline():
+                with arrived:
+                    received.append(line.decode()[2:8])  # "* 000123xxx..." -> "000123"
+                    arrived.notify_all()
+
+    threading.Thread(target=read_all, daemon=True).start()
+    # Kernel buffers on loopback grow to several MiB, so push until the server
+    # drops the slow client (bounded: 40 MB at most).
+    bursts = 0
+    while not dropped.is_set() and bursts < 4000:
+        assert sender.ask("/blast 10") == b"done"  # the broadcaster is never held up
+        bursts += 1
+    assert dropped.is_set()
+    expected = [f"{n:06d}" for n in range(1, bursts * 10 + 1)]
+    with arrived:
+        assert arrived.wait_for(lambda: len(received) >= len(expected), timeout=20)
+    assert received == expected  # all of it, in order
+    slow.close()
+    good.close()
+    sender.close()
+
+
+def test_output_left_unread_too_long_drops_the_client(serve, dropped):
+    server = pusher(serve, max_outbound=None, slow_timeout=0.5)
+    slow = socket.socket()
+    slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    slow.connect(server.address)
+    slow.sendall(b"/ping\n")
+    sender = Framed(server.address)
+    assert sender.ask("/ping") == b"pong"
+    bursts = 0
+    while not dropped.wait(0.01) and bursts < 400:  # at most 40 MB, all unread
+        assert sender.ask("/blast 100") == b"done"
+        bursts += 1
+    assert dropped.is_set()  # by time: max_outbound is off
+    slow.close()
+    sender.close()

@@ -29,7 +29,9 @@ from enlace.limits import (
     DRAIN_TIMEOUT,
     IDLE_TIMEOUT,
     MAX_CONNECTIONS,
+    MAX_OUTBOUND,
     READ_SIZE,
+    SLOW_TIMEOUT,
     WRITE_BUFFER_HIGH,
 )
 from enlace.logs import log_closed, log_refused, logger_for
@@ -67,6 +69,7 @@ class _Connection(asyncio.BufferedProtocol):
         self._loop_thread = server._loop_thread
         self._last_activity = _monotonic()
         self._timer: asyncio.TimerHandle | None = None
+        self._slow_timer: asyncio.TimerHandle | None = None
         self._paused_by: set[str] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self.bytes_in = 0
@@ -88,8 +91,8 @@ class _Connection(asyncio.BufferedProtocol):
         corked = self._corked
         if corked is not None:
             corked.append(data)
-        elif self._transport is not None:
-            self._transport.write(data)
+        else:
+            self._send(data)
 
     def close(self) -> None:
         if _thread_id() != self._loop_thread:
@@ -190,8 +193,8 @@ class _Connection(asyncio.BufferedProtocol):
         except Exception as exc:  # noqa: BLE001 - a handler bug costs one connection only
             self._handler_failed(exc)
         self._corked = None
-        if corked and self._transport is not None:
-            self._transport.write(corked[0] if len(corked) == 1 else b"".join(corked))
+        if corked:
+            self._send(corked[0] if len(corked) == 1 else b"".join(corked))
         if self._closing:
             self._shut()
 
@@ -208,13 +211,22 @@ class _Connection(asyncio.BufferedProtocol):
 
     def pause_writing(self) -> None:
         self._pause("writing")
+        timeout = self._server.slow_timeout
+        if timeout is not None and self._slow_timer is None:
+            reason = f"slow consumer: output unread for {timeout:g} s"
+            self._slow_timer = self._loop.call_later(timeout, self._drop_slow, reason)
 
     def resume_writing(self) -> None:
         self._resume("writing")
+        if self._slow_timer is not None:
+            self._slow_timer.cancel()
+            self._slow_timer = None
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._timer is not None:
             self._timer.cancel()
+        if self._slow_timer is not None:
+            self._slow_timer.cancel()
         for task in self._tasks:
             task.cancel()
         server = self._server
@@ -224,7 +236,7 @@ class _Connection(asyncio.BufferedProtocol):
         if self._refused:
             return
         server._active -= 1
-        if exc is not None:
+        if exc is not None and not self._reason.startswith("slow consumer"):
             self._reason = f"connection lost: {getattr(exc, 'strerror', None) or exc}"
         if self._handler is not None:
             try:
@@ -267,11 +279,30 @@ class _Connection(asyncio.BufferedProtocol):
             self._handler_failed(exc)
         finally:
             corked, self._corked = self._corked, None
-            transport = self._transport
-            if corked and transport is not None:
-                transport.write(corked[0] if len(corked) == 1 else b"".join(corked))
+            if corked:
+                self._send(corked[0] if len(corked) == 1 else b"".join(corked))
             if self._closing:
                 self._shut()
+
+    def _send(self, data: bytes) -> None:
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        limit = self._server.max_outbound
+        if limit is not None and (waiting := transport.get_write_buffer_size()) > limit:
+            self._drop_slow(f"slow consumer: {waiting} bytes of output waiting (limit {limit})")
+            return
+        transport.write(data)
+
+    def _drop_slow(self, reason: str) -> None:
+        # Its output cannot be delivered anyway: drop it, so that the memory is
+        # freed now and the others never wait for this client.
+        self._reason = reason
+        self._closing = True
+        if self._slow_timer is not None:
+            self._slow_timer.cancel()
+        if self._transport is not None:
+            self._transport.abort()
 
     def _handler_failed(self, exc: Exception) -> None:
         self._server.logger.error("handler error on %s", format_address(*self._peer), exc_info=exc)
@@ -342,6 +373,8 @@ class Server:
         max_connections: int | None = MAX_CONNECTIONS,
         idle_timeout: float | None = IDLE_TIMEOUT,
         drain_timeout: float | None = DRAIN_TIMEOUT,
+        max_outbound: int | None = MAX_OUTBOUND,
+        slow_timeout: float | None = SLOW_TIMEOUT,
         backlog: int = 128,
     ) -> None:
         self.service = service
@@ -350,6 +383,8 @@ class Server:
         self.max_connections = max_connections
         self.idle_timeout = idle_timeout
         self.drain_timeout = drain_timeout
+        self.max_outbound = max_outbound
+        self.slow_timeout = slow_timeout
         self.backlog = backlog
         self.logger: logging.Logger = logger_for(service.name)
         self._server: asyncio.Server | None = None

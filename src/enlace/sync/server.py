@@ -27,11 +27,14 @@ from enlace.limits import (
     DRAIN_TIMEOUT,
     IDLE_TIMEOUT,
     MAX_CONNECTIONS_THREADS,
+    MAX_OUTBOUND,
     READ_SIZE,
+    SLOW_TIMEOUT,
 )
 from enlace.logs import log_closed, log_refused, logger_for
 from enlace.services.base import StreamHandler, StreamService
 from enlace.sockets import listen_tcp, peer_address
+from enlace.sync.outbound import Outbound
 
 __all__ = ["Server"]
 
@@ -90,15 +93,23 @@ class _Connection:
         self._sock = sock
         self._peer = peer
         self._handler = handler
-        self._send_lock = threading.Lock()
         self._close_requested = threading.Event()
         self._owner: int | None = None
         # Replies written by the handler during a callback, sent together after it.
         self._corked: list[bytes] | None = None
         self._eof = False
-        self._send_error: OSError | None = None
+        self._send_failure: tuple[str, OSError | None] | None = None
+        self._outbound = Outbound(
+            sock,
+            self._send_failed,
+            max_outbound=server.max_outbound,
+            slow_timeout=server.slow_timeout,
+        )
         self.bytes_in = 0
-        self.bytes_out = 0
+
+    @property
+    def bytes_out(self) -> int:
+        return self._outbound.sent
 
     # -- Transport ---------------------------------------------------------
 
@@ -119,10 +130,10 @@ class _Connection:
             return
         self._close_requested.set()
         if threading.get_ident() != self._owner:
-            # Wake the connection's thread from recv(); our writes were synchronous,
-            # so everything written so far is already sent.
-            with self._send_lock, contextlib.suppress(OSError):
-                self._sock.shutdown(socket.SHUT_RDWR)
+            # Wake the connection's thread from recv(); it sends what is still
+            # waiting before it closes, so only the reading side is shut here.
+            with contextlib.suppress(OSError):
+                self._sock.shutdown(socket.SHUT_RD)
 
     def pause_reading(self) -> None:
         # Nothing to do: this thread reads only between callbacks, so a handler
@@ -150,20 +161,14 @@ class _Connection:
     # -- the connection's thread -------------------------------------------
 
     def _send(self, data: bytes) -> None:
-        with self._send_lock:
-            if self._send_error is not None or self._sock.fileno() == -1:
-                return  # the connection is going away; its thread reports why
-            try:
-                self._sock.sendall(data)
-            except OSError as exc:
-                # Never raise into the writer: it may be another client's thread
-                # broadcasting, and this client's failure is not its problem.
-                self._send_error = exc
-                self._close_requested.set()
-                with contextlib.suppress(OSError):
-                    self._sock.shutdown(socket.SHUT_RDWR)
-                return
-            self.bytes_out += len(data)
+        # Never blocks another client's thread (a broadcast); see enlace.sync.outbound.
+        self._outbound.send(data, own_thread=threading.get_ident() == self._owner)
+
+    def _send_failed(self, reason: str, error: OSError | None) -> None:
+        self._send_failure = (reason, error)
+        self._close_requested.set()
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)  # wake the connection's thread
 
     def _call(self, callback: Callable[..., None], *args: object) -> None:
         """Run a handler callback with writes corked, then send them in one go."""
@@ -202,9 +207,8 @@ class _Connection:
                     break
                 self.bytes_in += len(data)
                 self._call(handler.data_received, data)
-            if self._send_error is not None:
-                reason = f"connection lost: {self._send_error.strerror or self._send_error}"
-                error = self._send_error
+            if self._send_failure is not None:
+                reason, error = self._send_failure
             elif self._close_requested.is_set():
                 reason = "closed by server" if not self._eof else "done"
         except (TimeoutError, BlockingIOError):  # SO_RCVTIMEO ran out: EAGAIN
@@ -218,10 +222,14 @@ class _Connection:
             self._finish(reason, error, started)
 
     def _finish(self, reason: str, error: BaseException | None, started: float) -> None:
-        if error is None and not self._eof:
-            self._linger()
-        with self._send_lock:
-            self._sock.close()
+        if self._send_failure is None and error is None:
+            self._outbound.drain(self._server.slow_timeout)
+            if not self._eof:
+                self._linger()
+        if self._send_failure is not None:
+            reason = self._send_failure[0]
+        self._outbound.stop(reason)
+        self._sock.close()
         try:
             self._handler.connection_lost(error)
         except Exception:
@@ -272,6 +280,8 @@ class Server:
         max_connections: int | None = MAX_CONNECTIONS_THREADS,
         idle_timeout: float | None = IDLE_TIMEOUT,
         drain_timeout: float | None = DRAIN_TIMEOUT,
+        max_outbound: int | None = MAX_OUTBOUND,
+        slow_timeout: float | None = SLOW_TIMEOUT,
         backlog: int = 128,
     ) -> None:
         self.service = service
@@ -280,6 +290,8 @@ class Server:
         self.max_connections = max_connections
         self.idle_timeout = idle_timeout
         self.drain_timeout = drain_timeout
+        self.max_outbound = max_outbound
+        self.slow_timeout = slow_timeout
         self.backlog = backlog
         self.logger: logging.Logger = logger_for(service.name)
         self._listener: socket.socket | None = None
