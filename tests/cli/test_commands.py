@@ -219,3 +219,18 @@ def test_a_port_out_of_range_is_a_usage_error_not_a_wrapped_port():
     result = run("serve", "echo", "--port", "70000")
     assert result.returncode == 2
     assert b"a port is a number from 0 to 65535" in result.stderr
+
+
+def test_log_level_works_before_or_after_the_command():
+    for args in (
+        ("--log-level", "warning", "serve", "echo", "--port", "0"),
+        ("serve", "echo", "--port", "0", "--log-level", "warning"),
+    ):
+        with server(*args) as cli:
+            with connect(("127.0.0.1", cli.port)) as sock:
+                sock.sendall(b"x")
+                sock.shutdown(socket.SHUT_WR)
+                assert read_to_eof(sock) == b"x"
+            code, err = cli.stop()
+        assert code == 0
+        assert b"closed (done)" not in err  # the INFO line is not logged at warning

@@ -39,10 +39,20 @@ def _parser() -> argparse.ArgumentParser:
         choices=("debug", "info", "warning", "error"),
         help="what to log on standard error (default info: one line per connection)",
     )
+    # Also accepted after the command (`enlace serve echo --log-level warning`), where
+    # people put it; SUPPRESS keeps the top-level default when it is absent there.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        default=argparse.SUPPRESS,
+        help="what to log on standard error (default info: one line per connection)",
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     up = commands.add_parser(
         "up",
+        parents=[common],
         help="run every service at once",
         description="Run every service at once, print what listens where, "
         "and stop them all on Ctrl-C or SIGTERM.",
@@ -65,13 +75,16 @@ def _parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run one service", description="Run one service.")
     services = serve.add_subparsers(dest="service", required=True, metavar="SERVICE")
     for entry in CATALOG.values():
-        sub = services.add_parser(entry.name, help=entry.summary, description=entry.summary)
+        sub = services.add_parser(
+            entry.name, help=entry.summary, description=entry.summary, parents=[common]
+        )
         server_options(sub, default_port=entry.port, udp=entry.transport == "udp")
         entry.add_options(sub)
         sub.set_defaults(handler=_cmd_serve, entry=entry)
 
     connect = commands.add_parser(
         "connect",
+        parents=[common],
         help="netcat-like client: stdin to the socket, the socket to stdout",
         description="Copy standard input to HOST PORT and what comes back to standard output. "
         "At end of input, TCP half-closes and still prints the rest of the reply.",
@@ -96,6 +109,7 @@ def _parser() -> argparse.ArgumentParser:
 
     send = commands.add_parser(
         "send",
+        parents=[common],
         help="send one request to a message server and print the reply",
         description="Send MESSAGE (a /command line, or chat text) to the message server at "
         "HOST:PORT and print the reply. Exit 1 if the reply is an error.",
@@ -119,6 +133,7 @@ def _parser() -> argparse.ArgumentParser:
 
     shell = commands.add_parser(
         "shell",
+        parents=[common],
         help="interactive console for a message server",
         description="An interactive console: type /commands or chat text; pushed messages "
         "print above the line you are typing. Ctrl-D leaves.",
