@@ -21,6 +21,10 @@ Following h11, the two protocol error kinds say whose fault it is: a
 :class:`RemoteProtocolError` is answered with an error reply and usually a
 close, a :class:`LocalProtocolError` is a bug or bad input on our side.
 
+Errors a service raises live beside it and join the tree at ``EnlaceError``:
+:class:`~enlace.services.commands.CommandError` (a command's coded error reply) and
+:class:`~enlace.protocol.nicknames.NickError` (a nickname the chat refuses).
+
 Every class carries a stable machine-readable ``code`` (``frame_too_large``,
 ``connection_refused`` ...): the message server sends it on the wire, the
 command line prints it, and tests match on it instead of on English text.

@@ -9,17 +9,26 @@ from __future__ import annotations
 
 __all__ = [
     "DRAIN_TIMEOUT",
+    "FLOOD_BURST",
+    "FLOOD_MAX_REFUSALS",
+    "FLOOD_RATE",
+    "FLOOD_WINDOW",
     "IDLE_TIMEOUT",
+    "MAX_CHAT_MESSAGE",
     "MAX_CONNECTIONS",
     "MAX_CONNECTIONS_THREADS",
     "MAX_DATAGRAM",
     "MAX_EVENTS",
     "MAX_FRAME",
+    "MAX_HISTORY",
     "MAX_JSON",
     "MAX_JSON_DEPTH",
     "MAX_LINE",
+    "MAX_MARKS",
+    "MAX_NICK",
     "MAX_OUTBOUND",
     "MAX_PIPELINE",
+    "MAX_ROOMS",
     "READ_SIZE",
     "REQUEST_TIMEOUT",
     "SLOW_TIMEOUT",
@@ -88,3 +97,38 @@ MAX_OUTBOUND = 1024 * 1024
 # A client that leaves more than WRITE_BUFFER_HIGH of output unread this long is
 # stuck or gone; it is disconnected so that broadcasts need not wait for it.
 SLOW_TIMEOUT = 10.0
+
+# A chat message is something a person reads: 4 KiB is a long paragraph, and
+# bounds what one message costs to store and to push to every member of a room.
+MAX_CHAT_MESSAGE = 4 * 1024
+
+# Messages a room keeps and replays to whoever joins: a screenful or two of context.
+MAX_HISTORY = 100
+
+# Rooms one server keeps: plenty for a class or a team, bounded so that creating
+# rooms cannot grow the server without limit.
+MAX_ROOMS = 1000
+
+# Long enough for a full name or a handle in any script, short enough that
+# "[room] nick: text" still leaves room for the text on an 80-column line.
+MAX_NICK = 32
+
+# Combining marks in a row after one base character: Vietnamese needs two in NFC,
+# Indic and Thai clusters three; more only serves to stack marks over other lines.
+MAX_MARKS = 4
+
+# A person sends a few lines in a row (a greeting, a correction, a pasted snippet);
+# five covers that without letting a script fill everyone's screen.
+FLOOD_BURST = 5
+
+# Messages a second over the long run: more than a person keeps up while others
+# read, slow enough that one sender cannot drown a room.
+FLOOD_RATE = 1.0
+
+# Refusals tolerated within FLOOD_WINDOW before disconnecting: a paste of 25 lines
+# (5 delivered, 20 refused) is forgiven; a client that ignores "slow down" is not.
+FLOOD_MAX_REFUSALS = 20
+
+# Seconds over which refusals are counted: long enough to see that a client keeps
+# going after being told, short enough that a flood is cut within seconds.
+FLOOD_WINDOW = 10.0

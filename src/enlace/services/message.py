@@ -33,7 +33,11 @@ from enlace.protocol.framing import encode_length_prefixed
 from enlace.services.base import StreamHandler, StreamService, Transport
 from enlace.services.commands import Command, CommandError, CommandSet, Context
 
-__all__ = ["MessageService", "Session", "Tracer"]
+__all__ = ["NO_REPLY", "MessageService", "Session", "Tracer"]
+
+#: Returned by a command whose effect is its own answer (a chat line pushed back to
+#: its sender): text clients get no reply, JSON clients a ``null`` result.
+NO_REPLY: Any = object()
 
 #: ``trace(direction, peer, payload)``: direction is ``"in"`` or ``"out"``.
 Tracer = Callable[[str, tuple[str, int], bytes], None]
@@ -194,6 +198,10 @@ class _MessageHandler(StreamHandler):
     def _answer(self, item: Request, result: Any) -> None:
         if self._closing:
             return
+        if result is NO_REPLY:
+            if type(item) is not JsonRequest:
+                return  # a text client sees the effect (its chat line, pushed back) instead
+            result = None  # a JSON client still gets its reply, matched by id
         self.transport.write(self._protocol.reply(item, result))
         if self.session.close_after_reply:
             self._close()
@@ -208,6 +216,8 @@ class _MessageHandler(StreamHandler):
             code, message = "internal_error", f"internal error in {what} (logged on the server)"
         if not self._closing:
             self.transport.write(self._protocol.error(item, code, message))
+            if self.session.close_after_reply:
+                self._close()
 
     def _close(self) -> None:
         self._closing = True

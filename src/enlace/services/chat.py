@@ -1,0 +1,271 @@
+"""The chat: rooms, nicknames, room and private messages, history, on the message server.
+
+:class:`ChatService` is a :class:`~enlace.services.message.MessageService`, so
+it runs on either runtime and speaks to framed, JSON and ``nc`` clients at once,
+each in its own form: a message is pushed as ``{"event": "message", "room":
+"general", "from": "ana", "text": "hola", "ts": ...}`` to JSON clients and as
+``[general] ana: hola`` to text clients. The server stamps sender and time.
+
+Everyone starts in ``general`` as ``guest-N``; ``/nick``, ``/join``,
+``/leave``, ``/rooms``, ``/who``, ``/msg`` and ``/history`` do the rest. A
+room keeps its last ``max_history`` messages and replays them to whoever joins.
+
+State lives in this process (one lock, since the thread runtime calls commands
+from many threads); spreading it over several processes is the job of a hub.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import threading
+import time
+import unicodedata
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from enlace.limits import MAX_CHAT_MESSAGE, MAX_HISTORY, MAX_ROOMS
+from enlace.protocol.nicknames import NickError, guest_nick, nick_key, validate_nick
+from enlace.protocol.ratelimit import FLOOD_BURST, FLOOD_RATE, FloodGuard, Verdict
+from enlace.services.commands import CommandError, Context
+from enlace.services.message import NO_REPLY, MessageService, Session
+
+__all__ = ["DEFAULT_ROOM", "ChatService"]
+
+DEFAULT_ROOM = "general"
+_ROOM_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}", re.ASCII)
+
+
+@dataclass
+class _Room:
+    name: str
+    members: dict[int, Session] = field(default_factory=dict)
+    history: deque[dict[str, Any]] = field(default_factory=deque)
+
+
+def _room_name(text: str) -> str:
+    name = unicodedata.normalize("NFKC", text.strip()).lower().removeprefix("#")
+    if not _ROOM_NAME.fullmatch(name):
+        raise CommandError(
+            "bad_room", "a room name is 1-32 letters, digits, '-' or '_' (ASCII), e.g. /join python"
+        )
+    return name
+
+
+class ChatService(MessageService):
+    """A chat server: rooms, nicknames, private messages and history."""
+
+    def __init__(
+        self,
+        *,
+        name: str = "chat",
+        max_message: int | None = MAX_CHAT_MESSAGE,
+        max_history: int = MAX_HISTORY,
+        max_rooms: int | None = MAX_ROOMS,
+        flood_burst: int | None = FLOOD_BURST,
+        flood_rate: float = FLOOD_RATE,
+        **options: Any,
+    ) -> None:
+        super().__init__(name=name, **options)
+        self.max_message = max_message
+        self.max_history = max_history
+        self.max_rooms = max_rooms
+        self.flood_burst = flood_burst  # None: no flood control
+        self.flood_rate = flood_rate
+        self._state = threading.RLock()
+        self._rooms: dict[str, _Room] = {}
+        self._nicks: dict[str, Session] = {}  # nick_key -> session
+        self._guests = itertools.count(1)
+        for command in (self.nick, self.join, self.leave, self.rooms, self.who, self.msg):
+            self.command(command)
+        self.command(name="history")(self.history_command)
+
+    # -- the message service's hooks ------------------------------------------------
+
+    def on_start(self, session: Session) -> None:
+        if self.flood_burst is not None:
+            session.data["flood"] = FloodGuard(burst=self.flood_burst, rate=self.flood_rate)
+        with self._state:
+            # Nobody can choose a guest name, so the next number is always free.
+            guest = guest_nick(next(self._guests))
+            session.data["nick"] = guest
+            self._nicks[nick_key(guest)] = session
+        session.push(self._notice(f"welcome, {guest}: /nick NAME to choose a name, /help for more"))
+        self._enter(session, DEFAULT_ROOM)
+
+    def on_end(self, session: Session) -> None:
+        with self._state:
+            nick = session.data.get("nick")
+            if nick is not None and self._nicks.get(nick_key(nick)) is session:
+                del self._nicks[nick_key(nick)]
+        self._exit(session, "left the chat")
+
+    def on_text(self, ctx: Context, text: str) -> Any:
+        """Send a message to your room."""
+        session = ctx.session
+        self._check_size(text)
+        self._check_flood(session)
+        room = session.data.get("room")
+        if room is None:
+            raise CommandError("no_room", "you are in no room: /join ROOM first")
+        event = self._event("message", room=room, text=text, **{"from": session.data["nick"]})
+        with self._state:
+            target = self._rooms.get(room)
+            if target is None:
+                raise CommandError("no_room", f"room {room} is gone: /join ROOM")
+            target.history.append(event)
+            while len(target.history) > self.max_history:
+                target.history.popleft()
+            members = list(target.members.values())
+        for member in members:
+            member.push(event)
+        return NO_REPLY
+
+    # -- commands --------------------------------------------------------------------
+
+    def nick(self, ctx: Context, name: str) -> str:
+        """Choose your nickname."""
+        try:
+            new = validate_nick(name)
+        except NickError as exc:
+            raise CommandError(exc.code, str(exc)) from None
+        session = ctx.session
+        with self._state:
+            old = session.data["nick"]
+            holder = self._nicks.get(nick_key(new))
+            if holder is not None and holder is not session:
+                raise CommandError(
+                    "nick_taken", f"{new} is taken (or looks too much like a nick in use)"
+                )
+            del self._nicks[nick_key(old)]
+            self._nicks[nick_key(new)] = session
+            session.data["nick"] = new
+            room = session.data.get("room")
+        if room is not None and old != new:
+            self._to_room(room, self._event("nick", room=room, old=old, new=new,
+                                            text=f"{old} is now known as {new}"))  # fmt: skip
+        return f"you are now {new}"
+
+    def join(self, ctx: Context, room: str) -> str:
+        """Move to a room (it is created if needed); its recent messages are replayed."""
+        name = _room_name(room)
+        if ctx.session.data.get("room") == name:
+            return f"you are already in {name}"
+        with self._state:
+            full = self.max_rooms is not None and len(self._rooms) >= self.max_rooms
+            if full and name not in self._rooms:
+                raise CommandError("too_many_rooms", f"this server keeps {self.max_rooms} rooms")
+        self._exit(ctx.session, f"went to {name}")
+        self._enter(ctx.session, name)
+        return f"you are in {name}"
+
+    def leave(self, ctx: Context) -> str:
+        """Leave your room and go back to general."""
+        if ctx.session.data.get("room") == DEFAULT_ROOM:
+            raise CommandError("bad_arguments", f"you are in {DEFAULT_ROOM} already")
+        return self.join(ctx, DEFAULT_ROOM)
+
+    def rooms(self) -> Any:
+        """List the rooms and how many people are in each."""
+        with self._state:
+            listing = sorted((room.name, len(room.members)) for room in self._rooms.values())
+        return "\n".join(f"{name} ({count})" for name, count in listing)
+
+    def who(self, ctx: Context, room: str = "") -> str:
+        """List who is in a room (default: yours)."""
+        name = _room_name(room) if room else ctx.session.data.get("room") or DEFAULT_ROOM
+        with self._state:
+            target = self._rooms.get(name)
+            nicks = sorted(m.data["nick"] for m in target.members.values()) if target else []
+        if not nicks:
+            raise CommandError("no_room", f"nobody is in {name}")
+        return f"{name}: " + ", ".join(nicks)
+
+    def msg(self, ctx: Context, nick: str, text: str) -> Any:
+        """Send a private message."""
+        self._check_size(text)
+        self._check_flood(ctx.session)
+        with self._state:
+            target = self._nicks.get(nick_key(nick))
+        if target is None:
+            raise CommandError("no_such_nick", f"nobody is called {nick}")
+        sender = ctx.session
+        event = self._event(
+            "private", to=target.data["nick"], text=text, **{"from": sender.data["nick"]}
+        )
+        target.push(event)
+        if target is not sender:
+            sender.push(event)
+        return NO_REPLY
+
+    def history_command(self, ctx: Context, count: int = 20) -> str:
+        """Show the last COUNT messages of your room (at most the room's history)."""
+        room = ctx.session.data.get("room") or DEFAULT_ROOM
+        with self._state:
+            target = self._rooms.get(room)
+            events = list(target.history)[-max(count, 0) :] if target and count > 0 else []
+        for event in events:
+            ctx.session.push({**event, "replay": True})
+        return f"{len(events)} messages of {room}"
+
+    # -- internals -------------------------------------------------------------------
+
+    def _check_size(self, text: str) -> None:
+        limit = self.max_message
+        size = len(text.encode())
+        if limit is not None and size > limit:
+            raise CommandError(
+                "message_too_long", f"a message of {size} bytes exceeds the {limit}-byte limit"
+            )
+
+    @staticmethod
+    def _check_flood(session: Session) -> None:
+        guard: FloodGuard | None = session.data.get("flood")
+        if guard is None:
+            return
+        now = time.monotonic()
+        verdict = guard.check(now)
+        if verdict is Verdict.REFUSE:
+            raise CommandError("flood", guard.refusal(now))
+        if verdict is Verdict.DISCONNECT:
+            session.close()  # after this error reply
+            raise CommandError("flooding", guard.reason())
+
+    @staticmethod
+    def _event(kind: str, **fields: Any) -> dict[str, Any]:
+        return {"event": kind, **fields, "ts": round(time.time(), 3)}
+
+    def _notice(self, text: str) -> dict[str, Any]:
+        return self._event("notice", text=text)
+
+    def _to_room(self, room: str, event: dict[str, Any], *, exclude: Session | None = None) -> None:
+        with self._state:
+            target = self._rooms.get(room)
+            members = list(target.members.values()) if target else []
+        for member in members:
+            if member is not exclude:
+                member.push(event)
+
+    def _enter(self, session: Session, room: str) -> None:
+        nick = session.data["nick"]
+        with self._state:
+            target = self._rooms.setdefault(room, _Room(room))
+            target.members[session.id] = session
+            session.data["room"] = room
+            replay = list(target.history)
+        for event in replay:
+            session.push({**event, "replay": True})
+        self._to_room(room, self._event("join", room=room, nick=nick, text=f"{nick} joined {room}"))
+
+    def _exit(self, session: Session, why: str) -> None:
+        with self._state:
+            room = session.data.pop("room", None)
+            target = self._rooms.get(room) if room else None
+            if target is None:
+                return
+            target.members.pop(session.id, None)
+            if not target.members and room != DEFAULT_ROOM and not target.history:
+                del self._rooms[room]
+        nick = session.data.get("nick", "?")
+        self._to_room(room, self._event("leave", room=room, nick=nick, text=f"{nick} {why}"))
