@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from enlace.exceptions import FrameTooLarge, LocalProtocolError
 from enlace.limits import MAX_FRAME
-from enlace.protocol.client import ClientConnection, Event, Reply, Text
+from enlace.protocol.client import ClientConnection, Event, EventQueue, Reply, Text, as_event
 from enlace.protocol.envelope import BadRequest, JsonRequest, ServerConnection
 
 # ----------------------------------------------------------------------------------------- helpers
@@ -380,3 +380,20 @@ def test_property_round_trip(cmd: str, args: list[Any], result: Any) -> None:
     (request,) = server.receive(data)
     assert request == JsonRequest(request_id, cmd, args)
     assert client.receive(server.reply(request, result)) == [Reply(request_id, True, result)]
+
+
+def test_event_queue_is_bounded_and_counts_what_it_drops() -> None:
+    queue = EventQueue(2)
+    assert [queue.put({"n": n}) for n in range(4)] == [False, False, True, False]
+    assert queue.dropped == 2
+    assert [queue.get(), queue.get(), queue.get()] == [{"n": 2}, {"n": 3}, None]
+
+
+def test_as_event_names_what_is_not_an_awaited_reply() -> None:
+    assert as_event(Event({"event": "x"})) == {"event": "x"}
+    assert as_event(Text("ERR busy: full")) == {"event": "text", "text": "ERR busy: full"}
+    assert as_event(Reply(None, False, code="frame_too_large", message="m")) == {
+        "event": "error",
+        "code": "frame_too_large",
+        "text": "m",
+    }

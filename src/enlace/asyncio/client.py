@@ -11,7 +11,6 @@ The same API as :class:`enlace.sync.Client`, with ``await``::
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 from collections.abc import AsyncIterator, Callable
 from types import TracebackType
@@ -25,7 +24,7 @@ from enlace.exceptions import (
     translate_oserror,
 )
 from enlace.limits import MAX_EVENTS, MAX_FRAME, REQUEST_TIMEOUT
-from enlace.protocol.client import ClientConnection, Event, Reply, Text
+from enlace.protocol.client import ClientConnection, Event, EventQueue, Reply, Text, as_event
 
 __all__ = ["Client"]
 
@@ -79,13 +78,11 @@ class Client:
         #: Called once with the reason when the connection ends.
         self.on_close = on_close
         self.max_events = max_events
-        #: Events dropped because nobody consumed them and ``max_events`` were queued.
-        self.dropped_events = 0
         self._protocol = ClientConnection(max_frame=max_frame)
         self._protocol.trace = trace
         self._transport: asyncio.Transport | None = None
         self._pending: dict[int, asyncio.Future[Reply]] = {}
-        self._events: collections.deque[dict[str, Any]] = collections.deque()
+        self._events = EventQueue(max_events)
         self._arrived = asyncio.Event()
         self._closed_reason: str | None = None
         self._last_text = ""
@@ -112,6 +109,11 @@ class Client:
                 exc, action="connect to", host=self.host, port=self.port
             ) from exc
         self._transport = transport
+
+    @property
+    def dropped_events(self) -> int:
+        """Events dropped because nobody consumed them and ``max_events`` were queued."""
+        return self._events.dropped
 
     @property
     def closed(self) -> bool:
@@ -175,9 +177,10 @@ class Client:
                         await self._arrived.wait()
                 except TimeoutError:
                     return
-            if not self._events:
+            event = self._events.get()
+            if event is None:
                 return
-            yield self._events.popleft()
+            yield event
 
     async def close(self) -> None:
         """Close the connection; pending requests fail with ConnectionClosed."""
@@ -228,31 +231,21 @@ class Client:
                 logger.exception("error in the on_close callback")
 
     def _dispatch(self, item: Reply | Event | Text) -> None:
-        if isinstance(item, Reply):
-            future = self._pending.get(item.id) if isinstance(item.id, int) else None
+        if isinstance(item, Reply) and isinstance(item.id, int):
+            future = self._pending.get(item.id)
             if future is not None:
                 if not future.done():
                     future.set_result(item)
                 return
-            data: dict[str, Any] = {"event": "error", "code": item.code, "text": item.message}
-        elif isinstance(item, Event):
-            data = item.data
-        else:
+        if isinstance(item, Text):
             self._last_text = item.text
-            data = {"event": "text", "text": item.text}
+        event = as_event(item)
         if self.on_event is not None:
             try:
-                self.on_event(data)
+                self.on_event(event)
             except Exception:
                 logger.exception("error in the on_event callback")
             return
-        if len(self._events) >= self.max_events:
-            self._events.popleft()
-            self.dropped_events += 1
-            if self.dropped_events == 1:
-                logger.warning(
-                    "dropping events: %d queued and none consumed (see Client.events)",
-                    self.max_events,
-                )
-        self._events.append(data)
+        if self._events.put(event):
+            logger.warning("dropping events: %d queued, none consumed", self.max_events)
         self._arrived.set()

@@ -10,6 +10,7 @@ is not JSON: a text-form reply or event, or the server's "busy" refusal).
 from __future__ import annotations
 
 import itertools
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -20,7 +21,7 @@ from enlace.limits import MAX_FRAME
 from enlace.protocol.envelope import dumps
 from enlace.protocol.framing import LengthPrefixDecoder, encode_length_prefixed
 
-__all__ = ["ClientConnection", "Event", "Reply", "Text"]
+__all__ = ["ClientConnection", "Event", "EventQueue", "Reply", "Text", "as_event"]
 
 
 @dataclass(slots=True)
@@ -115,3 +116,48 @@ def _classify(payload: bytes) -> Reply | Event | Text:
             if "event" in value:
                 return Event(value)
     return Text(payload.decode("utf-8", "replace"))
+
+
+def as_event(item: Event | Text | Reply) -> dict[str, Any]:
+    """What a client hands its user for anything that is not the reply it awaits.
+
+    An event as it came; a text payload as ``{"event": "text", ...}``; a reply
+    nobody awaits (an error without an id is about the connection itself) as
+    ``{"event": "error", ...}``.
+    """
+    if isinstance(item, Event):
+        return item.data
+    if isinstance(item, Text):
+        return {"event": "text", "text": item.text}
+    return {"event": "error", "code": item.code, "text": item.message}
+
+
+class EventQueue:
+    """Pushed events waiting for the user, bounded: past ``max_events`` the oldest go.
+
+    Dropping is counted in :attr:`dropped`, and :meth:`put` returns True for the
+    first drop so the caller can say so once; a client that never reads its
+    events must not grow without bound.
+    """
+
+    def __init__(self, max_events: int) -> None:
+        self.max_events = max_events
+        self.dropped = 0
+        self._events: deque[dict[str, Any]] = deque()
+
+    def put(self, event: dict[str, Any]) -> bool:
+        """Queue ``event``; return True when this is the first event dropped."""
+        first_drop = False
+        if len(self._events) >= self.max_events:
+            self._events.popleft()
+            self.dropped += 1
+            first_drop = self.dropped == 1
+        self._events.append(event)
+        return first_drop
+
+    def get(self) -> dict[str, Any] | None:
+        """The oldest event, or None."""
+        return self._events.popleft() if self._events else None
+
+    def __len__(self) -> int:
+        return len(self._events)

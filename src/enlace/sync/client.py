@@ -13,7 +13,6 @@ once, and pushed events never get mixed up with replies::
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import logging
 import socket
@@ -30,7 +29,7 @@ from enlace.exceptions import (
     translate_oserror,
 )
 from enlace.limits import MAX_EVENTS, MAX_FRAME, READ_SIZE, REQUEST_TIMEOUT
-from enlace.protocol.client import ClientConnection, Event, Reply, Text
+from enlace.protocol.client import ClientConnection, Event, EventQueue, Reply, Text, as_event
 from enlace.sockets import connect_tcp
 
 __all__ = ["Client"]
@@ -69,15 +68,13 @@ class Client:
         #: Called once with the reason when the connection ends.
         self.on_close = on_close
         self.max_events = max_events
-        #: Events dropped because nobody consumed them and ``max_events`` were queued.
-        self.dropped_events = 0
         self._protocol = ClientConnection(max_frame=max_frame)
         self._protocol.trace = trace
         self._sock = connect_tcp(host, port, timeout=connect_timeout)
         self._send_lock = threading.Lock()
         self._state = threading.Condition()
         self._pending: dict[int, _Pending] = {}
-        self._events: collections.deque[dict[str, Any]] = collections.deque()
+        self._events = EventQueue(max_events)
         self._closed_reason: str | None = None
         self._last_text = ""
         self._listener = threading.Thread(
@@ -89,6 +86,11 @@ class Client:
     def connect(cls, host: str, port: int, **options: Any) -> Client:
         """Connect to ``host:port``; the same as calling the class."""
         return cls(host, port, **options)
+
+    @property
+    def dropped_events(self) -> int:
+        """Events dropped because nobody consumed them and ``max_events`` were queued."""
+        return self._events.dropped
 
     @property
     def closed(self) -> bool:
@@ -151,10 +153,9 @@ class Client:
             with self._state:
                 if not self._events and self._closed_reason is None:
                     self._state.wait(timeout)
-                if self._events:
-                    event = self._events.popleft()
-                else:
-                    return
+                event = self._events.get()
+            if event is None:
+                return
             yield event
 
     def close(self) -> None:
@@ -213,34 +214,23 @@ class Client:
                 logger.exception("error in the on_close callback")
 
     def _dispatch(self, item: Reply | Event | Text) -> None:
-        if isinstance(item, Reply):
+        if isinstance(item, Reply) and isinstance(item.id, int):
             with self._state:
-                waiter = self._pending.get(item.id) if isinstance(item.id, int) else None
+                waiter = self._pending.get(item.id)
             if waiter is not None:
                 waiter.reply = item
                 waiter.done.set()
                 return
-            # An error without an id is about the connection itself.
-            data: dict[str, Any] = {"event": "error", "code": item.code, "text": item.message}
-        elif isinstance(item, Event):
-            data = item.data
-        else:
+        if isinstance(item, Text):
             self._last_text = item.text
-            data = {"event": "text", "text": item.text}
+        event = as_event(item)
         if self.on_event is not None:
             try:
-                self.on_event(data)
+                self.on_event(event)
             except Exception:
                 logger.exception("error in the on_event callback")
             return
         with self._state:
-            if len(self._events) >= self.max_events:
-                self._events.popleft()
-                self.dropped_events += 1
-                if self.dropped_events == 1:
-                    logger.warning(
-                        "dropping events: %d queued and none consumed (see Client.events)",
-                        self.max_events,
-                    )
-            self._events.append(data)
+            if self._events.put(event):
+                logger.warning("dropping events: %d queued, none consumed", self.max_events)
             self._state.notify_all()
