@@ -1,4 +1,4 @@
-"""``enlace serve chat``, ``send`` and ``shell`` as a user runs them."""
+"""``enlace serve message`` and ``serve chat``, ``send`` and ``shell`` as a user runs them."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from tests.conftest import RUNTIMES, connect, read_exactly
 
 @pytest.mark.parametrize("runtime", RUNTIMES)
 def test_serve_chat_answers_frames_and_lines_and_traces(runtime):
-    with server("serve", "chat", "--port", "0", "--runtime", runtime, "--trace") as cli:
+    with server("serve", "message", "--port", "0", "--runtime", runtime, "--trace") as cli:
         with connect(("127.0.0.1", cli.port)) as sock:
             sock.sendall(struct.pack(">I", 11) + b"/upper hola")
             assert read_exactly(sock, 8) == struct.pack(">I", 4) + b"HOLA"
@@ -38,7 +38,7 @@ def test_serve_chat_answers_frames_and_lines_and_traces(runtime):
 
 
 def test_send_prints_the_reply():
-    with server("serve", "chat", "--port", "0") as cli:
+    with server("serve", "message", "--port", "0") as cli:
         address = f"127.0.0.1:{cli.port}"
         assert run("send", address, "/upper hola servidor").stdout == b"HOLA SERVIDOR\n"
         result = run("send", "--json", address, "/upper hola")
@@ -69,7 +69,7 @@ def test_send_to_nothing_is_one_clear_line():
 
 
 def test_shell_without_a_terminal_reads_lines():
-    with server("serve", "chat", "--port", "0") as cli:
+    with server("serve", "message", "--port", "0") as cli:
         result = run("shell", f"127.0.0.1:{cli.port}", stdin=b"/upper uno\n/nope\n/quit\n/ping\n")
         assert result.stdout == (
             b"UNO\nERR unknown_command: unknown command /nope (try /help)\nbye\n"
@@ -153,7 +153,7 @@ def test_shell_keeps_the_typed_line_intact_when_a_push_arrives(serve, tmp_path):
 
 
 def test_send_json_objects_keep_their_id_and_line():
-    with server("serve", "chat", "--port", "0") as cli:
+    with server("serve", "message", "--port", "0") as cli:
         address = f"127.0.0.1:{cli.port}"
         result = run("send", "--json", address, '{"id": "mine", "cmd": "upper", "line": "a b"}')
         assert result.stdout == b'{"id":"mine","ok":true,"result":"A B"}\n'
@@ -167,7 +167,7 @@ def test_pathologically_deep_json_is_refused_and_the_server_survives():
     # 200,000 levels overflow orjson's C stack: the server must refuse, not crash.
     deep = b'{"cmd": "echo", "args": [' + b"[" * 200_000 + b"]" * 200_000 + b"]}"
     bare = b"[" * 200_000 + b"]" * 200_000
-    with server("serve", "chat", "--port", "0") as cli:
+    with server("serve", "message", "--port", "0") as cli:
         with connect(("127.0.0.1", cli.port)) as sock:
             for payload, code in ((deep, b"json_too_deep"), (bare, b"not_an_object")):
                 sock.sendall(struct.pack(">I", len(payload)) + payload)
@@ -176,4 +176,31 @@ def test_pathologically_deep_json_is_refused_and_the_server_survives():
             sock.sendall(struct.pack(">I", 5) + b"/ping")
             assert read_exactly(sock, 8) == struct.pack(">I", 4) + b"pong"
         assert cli.process.poll() is None
+        assert cli.stop()[0] == 0
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_serve_chat_lets_people_with_nc_talk(runtime):
+    with server("serve", "chat", "--port", "0", "--runtime", runtime) as cli:
+        ana, bob = (connect(("127.0.0.1", cli.port)) for _ in range(2))
+        ana_lines, bob_lines = ana.makefile("rb"), bob.makefile("rb")
+
+        def until(lines, wanted: bytes) -> bytes:
+            while True:
+                line = lines.readline()
+                assert line, "the server closed the connection"
+                if wanted in line:
+                    return line
+
+        ana.sendall(b"/nick ana\n")
+        until(ana_lines, b"you are now ana")
+        bob.sendall(b"/nick bob\n")
+        until(bob_lines, b"you are now bob")
+        ana.sendall(b"hola bob\n")
+        assert until(bob_lines, b"hola bob") == b"[general] ana: hola bob\n"
+        bob.sendall(b"/msg ana un secreto\n")
+        assert until(ana_lines, b"secreto") == b"[private] bob -> ana: un secreto\n"
+        for sock, lines in ((ana, ana_lines), (bob, bob_lines)):
+            lines.close()
+            sock.close()
         assert cli.stop()[0] == 0

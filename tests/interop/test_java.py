@@ -3,12 +3,12 @@
 docs/protocol.md is the contract; these tests check that independent
 implementations of it agree:
 
-(a) the Java client against ``enlace serve chat`` on both runtimes;
+(a) the Java client against ``enlace serve message`` on both runtimes;
 (b) enlace's clients (``enlace.sync.Client``, ``enlace.asyncio.Client``,
     ``enlace send``) against the Java server;
 (c) a client written as in the classic course material (``socket`` and
     ``struct``, a recv loop), and the minimal client printed in
-    docs/protocol.md, against ``enlace serve chat``;
+    docs/protocol.md, against ``enlace serve message``;
 (d) the same requests sent to the Python and the Java server get the same
     replies (codes, ids and results; error messages are informative only).
 
@@ -127,11 +127,11 @@ def java_classes(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def enlace_port(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[int]:
-    """``enlace serve chat`` on one runtime, as a real process."""
+    """``enlace serve message`` on one runtime, as a real process."""
     runtime = str(request.param)
     log = tmp_path_factory.mktemp("enlace") / f"serve-chat-{runtime}.log"
     server = Process(
-        [sys.executable, "-m", "enlace", "serve", "chat", "--port", "0", "--runtime", runtime,
+        [sys.executable, "-m", "enlace", "serve", "message", "--port", "0", "--runtime", runtime,
          "--drain-timeout", "0"],
         log,
     )  # fmt: skip

@@ -183,6 +183,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
     launches = [
         _launch(entry, args, args.host, 0 if args.any_port else entry.port)
         for entry in CATALOG.values()
+        if entry.in_up
     ]
 
     def announce(started: list[tuple[Launch, tuple[str, int]]]) -> None:

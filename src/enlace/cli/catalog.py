@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from enlace.cli.options import optional_number
 from enlace.cli.trace import print_trace
@@ -23,6 +23,7 @@ from enlace.services import (
     UdpEchoService,
     UpperService,
 )
+from enlace.services.chat import ChatService
 from enlace.services.message import MessageService
 
 __all__ = ["CATALOG", "ServiceEntry"]
@@ -40,6 +41,8 @@ class ServiceEntry:
     try_it: str
     build: Callable[[argparse.Namespace], StreamService | DatagramService]
     add_options: Callable[[argparse.ArgumentParser], None] = lambda parser: None
+    #: Whether ``enlace up`` runs it (the plain message server shares the chat's port).
+    in_up: bool = True
 
 
 def _echo_options(parser: argparse.ArgumentParser) -> None:
@@ -97,13 +100,20 @@ def _chat_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _message_options(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "max_frame": _option(args, "max_frame", MAX_FRAME),
+        "max_line": _option(args, "max_line", MAX_LINE),
+        "trace": print_trace if _option(args, "trace", False) else None,
+    }
+
+
+def _build_message(args: argparse.Namespace) -> MessageService:
+    return MessageService(**_message_options(args))
+
+
 def _build_chat(args: argparse.Namespace) -> MessageService:
-    return MessageService(
-        name="chat",
-        max_frame=_option(args, "max_frame", MAX_FRAME),  # type: ignore[arg-type]
-        max_line=_option(args, "max_line", MAX_LINE),  # type: ignore[arg-type]
-        trace=print_trace if _option(args, "trace", False) else None,
-    )
+    return ChatService(**_message_options(args))
 
 
 def _option(args: argparse.Namespace, name: str, default: object) -> object:
@@ -156,10 +166,22 @@ CATALOG: dict[str, ServiceEntry] = {
             name="chat",
             port=8080,
             transport="tcp",
-            summary="the message server: framed or line clients, commands, JSON requests",
+            summary="the chat: rooms, nicknames, private messages, history, and every command "
+            "of the message server",
             try_it="enlace shell {host}:{port}   (or: nc {host} {port}, then /help)",
             build=_build_chat,
             add_options=_chat_options,
+        ),
+        ServiceEntry(
+            name="message",
+            port=8080,
+            transport="tcp",
+            summary="the plain message server of the course: framed or line clients, "
+            "/commands, JSON requests; no rooms",
+            try_it="enlace send {host}:{port} '/upper hola'",
+            build=_build_message,
+            add_options=_chat_options,
+            in_up=False,
         ),
     )
 }
