@@ -109,7 +109,15 @@ class ChatService(MessageService):
         room = session.data.get("room")
         if room is None:
             raise CommandError("no_room", "you are in no room: /join ROOM first")
-        event = self._event("message", room=room, text=text, **{"from": session.data["nick"]})
+        self.post(
+            room, self._event("message", room=room, text=text, **{"from": session.data["nick"]})
+        )
+        return NO_REPLY
+
+    # -- for extensions (the AI assistant, hubs) ---------------------------------------
+
+    def post(self, room: str, event: dict[str, Any]) -> None:
+        """Keep ``event`` in the room's history and push it to every member."""
         with self._state:
             target = self._rooms.get(room)
             if target is None:
@@ -120,7 +128,31 @@ class ChatService(MessageService):
             members = list(target.members.values())
         for member in members:
             member.push(event)
-        return NO_REPLY
+
+    def recent(self, room: str, count: int) -> list[dict[str, Any]]:
+        """The last ``count`` events kept for ``room``, oldest first."""
+        with self._state:
+            target = self._rooms.get(room)
+            return list(target.history)[-count:] if target and count > 0 else []
+
+    def push_to_room(self, room: str, event: dict[str, Any]) -> None:
+        """Push ``event`` to the room's members without keeping it (progress, notices)."""
+        self._to_room(room, event)
+
+    @staticmethod
+    def nick_of(session: Session) -> str:
+        """The session's nickname."""
+        return str(session.data.get("nick", "?"))
+
+    @staticmethod
+    def room_of(session: Session) -> str | None:
+        """The session's room, if it is in one."""
+        room = session.data.get("room")
+        return None if room is None else str(room)
+
+    def event(self, kind: str, **fields: Any) -> dict[str, Any]:
+        """A new event stamped with the server's time."""
+        return self._event(kind, **fields)
 
     # -- commands --------------------------------------------------------------------
 
