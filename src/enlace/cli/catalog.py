@@ -8,6 +8,7 @@ uses by default, and a one-line "try it" for people who just started it.
 from __future__ import annotations
 
 import argparse
+import atexit
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -25,6 +26,7 @@ from enlace.services import (
 )
 from enlace.services.chat import ChatService
 from enlace.services.message import MessageService
+from enlace.services.store import DATA_FILE, SqliteStore
 
 __all__ = ["CATALOG", "ServiceEntry"]
 
@@ -100,6 +102,17 @@ def _chat_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _room_chat_options(parser: argparse.ArgumentParser) -> None:
+    # The chat's own options come on top of the message server's.
+    _chat_options(parser)
+    parser.add_argument(
+        "--data",
+        metavar="DIR",
+        help=f"keep rooms and their last messages in DIR/{DATA_FILE} (SQLite; DIR is "
+        "created if missing), so they survive a restart; without it they live in memory",
+    )
+
+
 def _message_options(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "max_frame": _option(args, "max_frame", MAX_FRAME),
@@ -113,7 +126,13 @@ def _build_message(args: argparse.Namespace) -> MessageService:
 
 
 def _build_chat(args: argparse.Namespace) -> MessageService:
-    return ChatService(**_message_options(args))
+    data = _option(args, "data", None)
+    if data is None:
+        return ChatService(**_message_options(args))
+    # Opened before the server listens, so bad data stops the start with one clear line.
+    store = SqliteStore(str(data))
+    atexit.register(store.close)  # a clean close folds the write-ahead log into the file
+    return ChatService(store=store, **_message_options(args))
 
 
 def _option(args: argparse.Namespace, name: str, default: object) -> object:
@@ -170,7 +189,7 @@ CATALOG: dict[str, ServiceEntry] = {
             "of the message server",
             try_it="enlace shell {host}:{port}   (or: nc {host} {port}, then /help)",
             build=_build_chat,
-            add_options=_chat_options,
+            add_options=_room_chat_options,
         ),
         ServiceEntry(
             name="message",

@@ -10,8 +10,15 @@ Everyone starts in ``general`` as ``guest-N``; ``/nick``, ``/join``,
 ``/leave``, ``/rooms``, ``/who``, ``/msg`` and ``/history`` do the rest. A
 room keeps its last ``max_history`` messages and replays them to whoever joins.
 
-State lives in this process (one lock, since the thread runtime calls commands
-from many threads); spreading it over several processes is the job of a hub.
+Messages are kept by a :class:`~enlace.services.store.HistoryStore`: in memory
+by default, or in SQLite (``store=SqliteStore(DIR)``, ``enlace serve chat
+--data DIR``), where rooms and their history survive a restart. A room with
+kept messages outlives its last member and is listed by ``/rooms``; a room
+without any is forgotten when its last member leaves.
+
+Members and nicknames live in this process (one lock, since the thread runtime
+calls commands from many threads); spreading them over several processes is
+the job of a hub.
 """
 
 from __future__ import annotations
@@ -21,7 +28,6 @@ import re
 import threading
 import time
 import unicodedata
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +36,7 @@ from enlace.protocol.nicknames import NickError, guest_nick, nick_key, validate_
 from enlace.protocol.ratelimit import FLOOD_BURST, FLOOD_RATE, FloodGuard, Verdict
 from enlace.services.commands import CommandError, Context
 from enlace.services.message import NO_REPLY, MessageService, Session
+from enlace.services.store import HistoryStore, MemoryStore, StoreError
 
 __all__ = ["DEFAULT_ROOM", "ChatService"]
 
@@ -41,7 +48,8 @@ _ROOM_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}", re.ASCII)
 class _Room:
     name: str
     members: dict[int, Session] = field(default_factory=dict)
-    history: deque[dict[str, Any]] = field(default_factory=deque)
+    #: The store keeps messages of this room, so it outlives its last member.
+    kept: bool = False
 
 
 def _room_name(text: str) -> str:
@@ -54,32 +62,49 @@ def _room_name(text: str) -> str:
 
 
 class ChatService(MessageService):
-    """A chat server: rooms, nicknames, private messages and history."""
+    """A chat server: rooms, nicknames, private messages and history.
+
+    ``store`` keeps the rooms' messages (default: a :class:`MemoryStore` of
+    ``max_history`` messages a room, :data:`~enlace.limits.MAX_HISTORY` if not
+    given). A given store has its own ``max_history``, so passing both is a
+    :class:`ValueError`. Rooms the store already keeps (from an earlier run)
+    exist from the start, with nobody in them.
+    """
 
     def __init__(
         self,
         *,
         name: str = "chat",
         max_message: int | None = MAX_CHAT_MESSAGE,
-        max_history: int = MAX_HISTORY,
+        max_history: int | None = None,
         max_rooms: int | None = MAX_ROOMS,
         flood_burst: int | None = FLOOD_BURST,
         flood_rate: float = FLOOD_RATE,
+        store: HistoryStore | None = None,
         **options: Any,
     ) -> None:
         super().__init__(name=name, **options)
+        if store is None:
+            store = MemoryStore(max_history=MAX_HISTORY if max_history is None else max_history)
+        elif max_history is not None:
+            raise ValueError("with store=, give max_history to the store instead")
+        self.store = store
         self.max_message = max_message
-        self.max_history = max_history
         self.max_rooms = max_rooms
         self.flood_burst = flood_burst  # None: no flood control
         self.flood_rate = flood_rate
         self._state = threading.RLock()
-        self._rooms: dict[str, _Room] = {}
+        self._rooms: dict[str, _Room] = {name: _Room(name, kept=True) for name in store.rooms()}
         self._nicks: dict[str, Session] = {}  # nick_key -> session
         self._guests = itertools.count(1)
         for command in (self.nick, self.join, self.leave, self.rooms, self.who, self.msg):
             self.command(command)
         self.command(name="history")(self.history_command)
+
+    @property
+    def max_history(self) -> int:
+        """Messages a room keeps and replays (the store's bound)."""
+        return self.store.max_history
 
     # -- the message service's hooks ------------------------------------------------
 
@@ -117,23 +142,38 @@ class ChatService(MessageService):
     # -- for extensions (the AI assistant, hubs) ---------------------------------------
 
     def post(self, room: str, event: dict[str, Any]) -> None:
-        """Keep ``event`` in the room's history and push it to every member."""
+        """Keep ``event`` in the room's history and push it to every member.
+
+        Raises :class:`CommandError` ``no_room`` if the room is gone, and
+        ``store_error`` if the store cannot keep the event (then nobody gets it).
+        """
         with self._state:
             target = self._rooms.get(room)
             if target is None:
                 raise CommandError("no_room", f"room {room} is gone: /join ROOM")
-            target.history.append(event)
-            while len(target.history) > self.max_history:
-                target.history.popleft()
+            # Under the lock, so that whoever joins meanwhile gets the event either in
+            # the replay or pushed below, never both and never neither.
+            try:
+                self.store.append(room, event)
+            except StoreError as exc:
+                raise self._store_failed(
+                    exc, "the message could not be kept, so nobody got it"
+                ) from None
+            if self.max_history > 0:
+                target.kept = True
             members = list(target.members.values())
         for member in members:
             member.push(event)
 
     def recent(self, room: str, count: int) -> list[dict[str, Any]]:
-        """The last ``count`` events kept for ``room``, oldest first."""
-        with self._state:
-            target = self._rooms.get(room)
-            return list(target.history)[-count:] if target and count > 0 else []
+        """The last ``count`` events kept for ``room``, oldest first.
+
+        Raises :class:`CommandError` ``store_error`` if the store cannot be read.
+        """
+        try:
+            return self.store.recent(room, count)
+        except StoreError as exc:
+            raise self._store_failed(exc, f"the history of {room} cannot be read now") from None
 
     def push_to_room(self, room: str, event: dict[str, Any]) -> None:
         """Push ``event`` to the room's members without keeping it (progress, notices)."""
@@ -234,9 +274,7 @@ class ChatService(MessageService):
     def history_command(self, ctx: Context, count: int = 20) -> str:
         """Show the last COUNT messages of your room (at most the room's history)."""
         room = ctx.session.data.get("room") or DEFAULT_ROOM
-        with self._state:
-            target = self._rooms.get(room)
-            events = list(target.history)[-max(count, 0) :] if target and count > 0 else []
+        events = self.recent(room, count)
         for event in events:
             ctx.session.push({**event, "replay": True})
         return f"{len(events)} messages of {room}"
@@ -268,6 +306,11 @@ class ChatService(MessageService):
     def _event(kind: str, **fields: Any) -> dict[str, Any]:
         return {"event": kind, **fields, "ts": round(time.time(), 3)}
 
+    def _store_failed(self, exc: StoreError, what: str) -> CommandError:
+        # The log says where and why; the client only needs to know what did not happen.
+        self.logger.error("%s", exc)
+        return CommandError("store_error", f"{what} (the server's log says why)")
+
     def _notice(self, text: str) -> dict[str, Any]:
         return self._event("notice", text=text)
 
@@ -285,9 +328,12 @@ class ChatService(MessageService):
             target = self._rooms.setdefault(room, _Room(room))
             target.members[session.id] = session
             session.data["room"] = room
-            replay = list(target.history)
+            try:
+                replay = [{**kept, "replay": True} for kept in self.recent(room, self.max_history)]
+            except CommandError as exc:  # the room works without its past; say so
+                replay = [self._notice(exc.message)]
         for event in replay:
-            session.push({**event, "replay": True})
+            session.push(event)
         self._to_room(room, self._event("join", room=room, nick=nick, text=f"{nick} joined {room}"))
 
     def _exit(self, session: Session, why: str) -> None:
@@ -297,7 +343,7 @@ class ChatService(MessageService):
             if target is None:
                 return
             target.members.pop(session.id, None)
-            if not target.members and room != DEFAULT_ROOM and not target.history:
+            if not target.members and room != DEFAULT_ROOM and not target.kept:
                 del self._rooms[room]
         nick = session.data.get("nick", "?")
         self._to_room(room, self._event("leave", room=room, nick=nick, text=f"{nick} {why}"))
