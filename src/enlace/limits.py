@@ -8,12 +8,20 @@ are the ones documented in DESIGN.md section 4 and docs/reference.md.
 from __future__ import annotations
 
 __all__ = [
+    "AI_CONNECT_TIMEOUT",
+    "AI_READ_TIMEOUT",
+    "AI_TOTAL_TIMEOUT",
+    "ASK_INTERVAL",
     "DRAIN_TIMEOUT",
     "FLOOD_BURST",
     "FLOOD_MAX_REFUSALS",
     "FLOOD_RATE",
     "FLOOD_WINDOW",
     "IDLE_TIMEOUT",
+    "MAX_AI_ANSWER",
+    "MAX_AI_CONTEXT",
+    "MAX_AI_LINE",
+    "MAX_AI_PENDING",
     "MAX_CHAT_MESSAGE",
     "MAX_CONNECTIONS",
     "MAX_CONNECTIONS_THREADS",
@@ -132,3 +140,37 @@ FLOOD_MAX_REFUSALS = 20
 # Seconds over which refusals are counted: long enough to see that a client keeps
 # going after being told, short enough that a flood is cut within seconds.
 FLOOD_WINDOW = 10.0
+
+# The AI assistant (/ask). An endpoint that is up accepts a connection in
+# milliseconds; 5 s covers a distant one, or one waking from idle, and no more.
+AI_CONNECT_TIMEOUT = 5.0
+
+# Silence allowed between two reads of an answer: a large model on a long context
+# can think for tens of seconds before its first word; a minute of silence is a
+# stuck endpoint.
+AI_READ_TIMEOUT = 60.0
+
+# The longest a room waits for one answer, whatever the endpoint does: a slow
+# local model writes a long answer in about a minute; a trickle cannot go on forever.
+AI_TOTAL_TIMEOUT = 120.0
+
+# Seconds between two /ask of one client: a person reads an answer before asking
+# again, and each question costs the endpoint's owner time or money.
+ASK_INTERVAL = 10.0
+
+# An answer is posted to the room as one message: 16 KiB is several screens of
+# text, more than anyone reads in a chat; past it the answer is refused, not cut.
+MAX_AI_ANSWER = 16 * 1024
+
+# Earlier messages of the room sent as context: enough to follow the thread of a
+# conversation, few enough to bound what each question costs the endpoint.
+MAX_AI_CONTEXT = 20
+
+# One line of the endpoint's event stream: a chunk of the answer is a few hundred
+# bytes, the whole answer in one event (some servers do that) at most ~100 KiB of
+# JSON; longer is a broken stream we should not buffer.
+MAX_AI_LINE = 256 * 1024
+
+# Answers in progress at once on one server: an endpoint serves a few streams at a
+# time, and more would only queue there while holding connections here.
+MAX_AI_PENDING = 8

@@ -6,6 +6,7 @@ import contextlib
 import os
 import socket
 import struct
+import subprocess
 import sys
 import time
 
@@ -204,3 +205,17 @@ def test_serve_chat_lets_people_with_nc_talk(runtime):
             lines.close()
             sock.close()
         assert cli.stop()[0] == 0
+
+
+def test_serve_chat_refuses_a_bad_ai_configuration_in_one_line():
+    result = subprocess.run(
+        [*ENLACE, "serve", "chat", "--port", "0"],
+        env={**os.environ, "ENLACE_AI_URL": "ftp://nowhere", "ENLACE_AI_MODEL": "m"},
+        capture_output=True,
+        timeout=15,
+        check=False,
+    )
+    assert result.returncode == 1
+    lines = result.stderr.decode().strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("enlace: ")
+    assert "Traceback" not in result.stderr.decode()

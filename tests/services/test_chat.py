@@ -7,6 +7,7 @@ import socket
 
 import pytest
 
+from enlace.services.assistant import install_assistant
 from enlace.services.chat import ChatService
 from tests.conftest import connect
 
@@ -218,3 +219,18 @@ def test_a_flooder_is_slowed_down_then_disconnected_with_a_reason(serve):
     assert listener.until("pong")  # everyone else is still served
     listener.close()
     flooder.close()
+
+
+def test_the_assistants_name_is_reserved(serve):
+    service = ChatService(flood_burst=None)
+    install_assistant(service, None)
+    server = serve(service)
+    person = Person(server.address)
+    for name in ("assistant", "Assistant", "ASSISTANT"):
+        person.send(f"/nick {name}")
+        assert person.until("ERR")[-1].startswith("ERR bad_nick: ")
+    person.send("/ask what is a socket?")
+    assert person.until("ERR")[-1].startswith(
+        "ERR ai_unavailable: the AI assistant is not configured"
+    )
+    person.close()

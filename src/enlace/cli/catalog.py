@@ -24,7 +24,9 @@ from enlace.services import (
     UdpEchoService,
     UpperService,
 )
+from enlace.services.assistant import install_assistant
 from enlace.services.chat import ChatService
+from enlace.services.completions import AssistantConfig
 from enlace.services.message import MessageService
 from enlace.services.store import DATA_FILE, SqliteStore
 
@@ -128,11 +130,15 @@ def _build_message(args: argparse.Namespace) -> MessageService:
 def _build_chat(args: argparse.Namespace) -> MessageService:
     data = _option(args, "data", None)
     if data is None:
-        return ChatService(**_message_options(args))
-    # Opened before the server listens, so bad data stops the start with one clear line.
-    store = SqliteStore(str(data))
-    atexit.register(store.close)  # a clean close folds the write-ahead log into the file
-    return ChatService(store=store, **_message_options(args))
+        service = ChatService(**_message_options(args))
+    else:
+        # Opened before the server listens, so bad data stops the start with one clear line.
+        store = SqliteStore(str(data))
+        atexit.register(store.close)  # a clean close folds the write-ahead log into the file
+        service = ChatService(store=store, **_message_options(args))
+    # /ask answers from ENLACE_AI_URL/MODEL/KEY; unset: /ask says how to configure it.
+    install_assistant(service, AssistantConfig.from_env())
+    return service
 
 
 def _option(args: argparse.Namespace, name: str, default: object) -> object:

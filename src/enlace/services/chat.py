@@ -96,6 +96,8 @@ class ChatService(MessageService):
         self._state = threading.RLock()
         self._rooms: dict[str, _Room] = {name: _Room(name, kept=True) for name in store.rooms()}
         self._nicks: dict[str, Session] = {}  # nick_key -> session
+        #: Names nobody may take (nor a lookalike of): the AI assistant's, for one.
+        self.reserved_nicks: set[str] = set()
         self._guests = itertools.count(1)
         for command in (self.nick, self.join, self.leave, self.rooms, self.who, self.msg):
             self.command(command)
@@ -199,7 +201,7 @@ class ChatService(MessageService):
     def nick(self, ctx: Context, name: str) -> str:
         """Choose your nickname."""
         try:
-            new = validate_nick(name)
+            new = validate_nick(name, reserved=self.reserved_nicks)
         except NickError as exc:
             raise CommandError(exc.code, str(exc)) from None
         session = ctx.session
