@@ -1,4 +1,4 @@
-"""The ``enlace`` command: ``up``, ``serve NAME``, ``connect``, ``send``, ``shell``.
+"""The ``enlace`` command: ``up``, ``serve NAME``, ``connect``, ``send``, ``shell``, ``chat``.
 
 Errors a user can cause (port in use, bad address, connection refused) print
 one line, ``enlace: <what went wrong>``, on standard error and exit 1; usage
@@ -14,12 +14,14 @@ import sys
 from enlace import __version__
 from enlace.addresses import format_address, parse_address
 from enlace.cli.catalog import CATALOG, ServiceEntry
+from enlace.cli.chat_client import run_chat
 from enlace.cli.connect import connect_tcp_stdio, connect_udp_stdio
 from enlace.cli.message import run_send, run_shell
 from enlace.cli.options import loop_option, optional_number, server_options
 from enlace.cli.runner import Launch, Runtime, describe, loop_name, run_servers
 from enlace.exceptions import EnlaceError
 from enlace.limits import DRAIN_TIMEOUT, IDLE_TIMEOUT, MAX_DATAGRAM
+from enlace.services.chat import DEFAULT_ROOM
 
 __all__ = ["main"]
 
@@ -141,6 +143,32 @@ def _parser() -> argparse.ArgumentParser:
     shell.add_argument("address", metavar="HOST:PORT")
     shell.add_argument("--trace", action="store_true", help="print every frame on standard error")
     shell.set_defaults(handler=_cmd_shell)
+
+    chat = commands.add_parser(
+        "chat",
+        parents=[common],
+        help="terminal chat client for enlace serve chat",
+        description="Chat in a room of the chat server at HOST:PORT: a status bar with the "
+        "room and its members, a colour per nick, messages printed above the line you are "
+        "typing. Text is "
+        "sent to the room; /commands (/msg, /join, /who, /help ...) go to the server. If the "
+        "connection is lost, it reconnects and rejoins by itself. Ctrl-D or /quit leaves. "
+        "Without a terminal, it reads lines and prints events as text.",
+    )
+    chat.add_argument("address", metavar="HOST:PORT")
+    chat.add_argument("--nick", required=True, metavar="NAME", help="your nickname")
+    chat.add_argument(
+        "--room",
+        default=DEFAULT_ROOM,
+        metavar="ROOM",
+        help=f"room to join (default {DEFAULT_ROOM})",
+    )
+    chat.add_argument(
+        "--retry",
+        action="store_true",
+        help="if the server does not answer at start-up, keep trying instead of exiting",
+    )
+    chat.set_defaults(handler=_cmd_chat)
     return parser
 
 
@@ -245,6 +273,11 @@ def _cmd_send(args: argparse.Namespace) -> int:
 def _cmd_shell(args: argparse.Namespace) -> int:
     host, port = _address_or_usage(args.address)
     return run_shell(host, port, trace=args.trace)
+
+
+def _cmd_chat(args: argparse.Namespace) -> int:
+    host, port = _address_or_usage(args.address)
+    return run_chat(host, port, nick=args.nick, room=args.room, retry=args.retry)
 
 
 def _address_or_usage(text: str) -> tuple[str, int]:

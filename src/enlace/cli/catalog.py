@@ -193,7 +193,7 @@ CATALOG: dict[str, ServiceEntry] = {
             transport="tcp",
             summary="the chat: rooms, nicknames, private messages, history, and every command "
             "of the message server",
-            try_it="enlace shell {host}:{port}   (or: nc {host} {port}, then /help)",
+            try_it="enlace chat {host}:{port} --nick ana   (or: enlace shell, or nc, then /help)",
             build=_build_chat,
             add_options=_room_chat_options,
         ),

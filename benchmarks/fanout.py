@@ -1,0 +1,762 @@
+"""Fan-out: one room, many receivers; enlace's chat against Redis pub/sub doing the same job.
+
+One command: ``python benchmarks/fanout.py`` (``--quick`` for a smoke run of about 30 s,
+``--help`` for the options).  N receivers (default 1000) join one room (the chat's ``general``,
+a Redis channel), a few senders publish to it at a fixed total rate for a fixed time, and the
+C client ``loadgen/fanout.c`` (compiled into ``.build/`` with ``cc -O2`` when needed; one epoll
+loop for every sender and receiver) measures the deliveries per second summed over all
+receivers, the latency of each delivery (the send time travels in the message text, the receive
+time comes from the same CLOCK_MONOTONIC), and the deliveries lost: every receiver must get
+every message of every sender, in order (per-sender sequence numbers).
+
+Two loads, each with its own fresh server (a chat replays its room's history to newcomers):
+
+- ``steady``: a rate every server here keeps up with (default 100 messages/s, so 100k
+  deliveries/s): compares latency, and shows the CPU share each server needs for it;
+- ``burst``: a fixed number of messages (default 3000) sent faster than any server fans them
+  out (default 20000/s): the deliveries per second are then each server's capacity.
+
+Rows: enlace's chat on the asyncio runtime (on uvloop when it is installed), the same chat on
+the threads runtime (a thread per connection), both started by ``chat_server.py`` with flood
+control off, and Redis pub/sub (a ``redis-server`` of our own on a free port, no persistence).
+Servers run on one core and the client on another (``taskset``); every server is stopped by its
+PID.  The table goes to stdout, progress to stderr, every number to ``results/fanout.json``.
+Only 127.0.0.1 is connected to.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import resource
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import run as harness  # noqa: E402 - run.py beside this file: server start and stop
+
+REPO = HERE.parent
+BUILD = HERE / ".build"
+CLIENT_SRC = HERE / "loadgen" / "fanout.c"
+CLIENT = BUILD / "fanout"
+DEFAULT_OUTPUT = HERE / "results" / "fanout.json"
+CHAT_SERVER = HERE / "chat_server.py"
+
+REDIS_START_TIMEOUT = 10.0  # seconds for redis-server to answer PING
+CLIENT_SLACK = 20.0  # seconds allowed beyond the client's own time bounds
+BUSY_CPU = 0.85  # a client using more of its core than this may have been the bottleneck
+
+
+@dataclass(frozen=True)
+class Load:
+    """One load: a group of table rows."""
+
+    key: str
+    label: str
+    rate: float  # messages per second, all senders together
+    count: int  # messages to send
+    duration: float  # longest sending time
+
+
+@dataclass(frozen=True)
+class Target:
+    """A server under test: a table row within each load."""
+
+    name: str
+    kind: str  # "chat" (python benchmarks/chat_server.py ...) or "redis"
+    runtime: str = ""  # for chat: asyncio or threads
+
+
+TARGETS = (
+    Target("enlace-asyncio", "chat", "asyncio"),
+    Target("enlace-threads", "chat", "threads"),
+    Target("redis", "redis"),
+)
+ENLACE = ("enlace-asyncio", "enlace-threads")
+ANCHOR = "redis"
+
+
+# ---- the client ----
+
+
+def build_client() -> Path:
+    """Compile ``fanout.c`` into ``.build/fanout`` unless it is up to date; return its path."""
+    if CLIENT.exists() and CLIENT.stat().st_mtime >= CLIENT_SRC.stat().st_mtime:
+        return CLIENT
+    compiler = os.environ.get("CC", "cc")
+    if shutil.which(compiler) is None:
+        sys.exit(f"error: no C compiler ({compiler}) to build {CLIENT_SRC.relative_to(REPO)}")
+    BUILD.mkdir(exist_ok=True)
+    partial = BUILD / "fanout.partial"
+    cmd = [compiler, "-O2", "-Wall", "-Wextra", "-o", str(partial), str(CLIENT_SRC), "-lm"]
+    print(f"building the fan-out client: {' '.join(cmd)}", file=sys.stderr)
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+    if done.returncode != 0:
+        sys.exit(f"error: building the fan-out client failed:\n{done.stdout}{done.stderr}")
+    partial.replace(CLIENT)
+    return CLIENT
+
+
+def run_client(
+    client: Path,
+    pin: list[str],
+    protocol: str,
+    port: int,
+    server_pid: int,
+    load: Load,
+    args: argparse.Namespace,
+    receivers: int,
+) -> dict[str, Any]:
+    """Run one measurement; return the client's JSON, or ``ok: false`` and an error."""
+    cmd = [
+        *pin,
+        str(client),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--protocol",
+        protocol,
+        "--receivers",
+        str(receivers),
+        "--senders",
+        str(args.senders),
+        "--rate",
+        f"{load.rate:g}",
+        "--count",
+        str(load.count),
+        "--duration",
+        f"{load.duration:g}",
+        "--size",
+        str(args.size),
+        "--setup-timeout",
+        f"{args.setup_timeout:g}",
+        "--drain-timeout",
+        f"{args.drain_timeout:g}",
+        "--watch-pid",
+        str(server_pid),
+    ]
+    bound = args.setup_timeout + load.duration + args.drain_timeout + CLIENT_SLACK
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=bound, check=False)
+    except subprocess.TimeoutExpired:
+        return {"ok": False, "error": f"the client did not finish in {bound:.0f} s"}
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if not lines:
+        said = done.stderr.strip().splitlines()
+        detail = said[-1] if said else f"exit code {done.returncode}"
+        return {"ok": False, "error": f"the client printed no result: {detail}"}
+    try:
+        result: dict[str, Any] = json.loads(lines[-1])
+    except json.JSONDecodeError:
+        return {"ok": False, "error": f"the client printed bad JSON: {lines[-1][:200]}"}
+    if done.stderr.strip():
+        result["stderr"] = done.stderr.strip().splitlines()[:8]
+    return result
+
+
+# ---- servers ----
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _redis_ping(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def start_redis(pin: list[str], max_clients: int) -> harness.RunningServer | str:
+    """Start our own redis-server on a free port, no persistence; return it or why not."""
+    exe = shutil.which("redis-server")
+    if exe is None:
+        return "redis-server is not installed (apt-get install -y redis-server)"
+    port = _free_port()
+    cmd = [
+        *pin,
+        exe,
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--maxclients",
+        str(max_clients),
+        "--protected-mode",
+        "yes",
+        "--daemonize",
+        "no",
+    ]
+    output = tempfile.TemporaryFile()  # noqa: SIM115 (closed in stop_server)
+    try:
+        proc = subprocess.Popen(
+            cmd,
+            cwd=REPO,
+            stdin=subprocess.DEVNULL,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    except OSError as exc:
+        output.close()
+        return f"cannot start {exe}: {exc}"
+    server = harness.Server(ANCHOR, tuple(cmd), "peer")
+    running = harness.RunningServer(server, proc, "127.0.0.1", port, output)
+    deadline = time.monotonic() + REDIS_START_TIMEOUT
+    while time.monotonic() < deadline:
+        if (failure := running.failure()) is not None:
+            harness.stop_server(running)
+            return failure
+        if _redis_ping(port):
+            return running
+        time.sleep(0.05)
+    harness.stop_server(running)
+    return f"redis-server did not answer PING within {REDIS_START_TIMEOUT:.0f} s"
+
+
+def start_target(
+    target: Target, pin: list[str], max_connections: int
+) -> harness.RunningServer | str:
+    """Start a server for one cell."""
+    if target.kind == "redis":
+        return start_redis(pin, max_connections)
+    args = (
+        str(CHAT_SERVER),
+        "--port",
+        "0",
+        "--runtime",
+        target.runtime,
+        "--max-connections",
+        str(max_connections),
+    )
+    return harness.start_server(harness.Server(target.name, args, "enlace"), pin)
+
+
+def redis_version() -> str | None:
+    exe = shutil.which("redis-server")
+    if exe is None:
+        return None
+    try:
+        done = subprocess.run(
+            [exe, "--version"], capture_output=True, text=True, timeout=10, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    words = [w for w in done.stdout.split() if w.startswith("v=")]
+    return words[0][2:] if words else done.stdout.strip()[:60]
+
+
+def uvloop_installed() -> bool:
+    try:
+        import uvloop  # noqa: F401, PLC0415 - only asking whether it is there
+    except ImportError:
+        return False
+    return True
+
+
+# ---- machine settings ----
+
+
+def raise_open_files(needed: int) -> str:
+    """Raise this process's soft open-files limit (children inherit it); say what happened."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= needed:
+        return f"open-files limit {soft}"
+    target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError) as exc:
+        return f"open-files limit {soft}: cannot raise it to {needed} ({exc})"
+    if target < needed:
+        return f"open-files limit raised from {soft} to {target} only (hard limit); {needed} wanted"
+    return f"open-files limit raised from {soft} to {target}"
+
+
+def pinning(mode: str) -> tuple[list[str], list[str], str]:
+    """The ``taskset`` prefixes for the server and the client, and what was done."""
+    if mode == "none":
+        return [], [], "not pinned (--pin none)"
+    if shutil.which("taskset") is None:
+        return [], [], "not pinned: taskset is missing (apt-get install util-linux)"
+    cpus = sorted(os.sched_getaffinity(0))
+    if mode == "same":
+        core = str(cpus[0])
+        return ["taskset", "-c", core], ["taskset", "-c", core], f"server and client on core {core}"
+    if len(cpus) < 2:
+        return [], [], "not pinned: fewer than 2 cores available"
+    server, client = str(cpus[0]), str(cpus[1])
+    return (
+        ["taskset", "-c", server],
+        ["taskset", "-c", client],
+        f"server on core {server}, client on core {client} (taskset)",
+    )
+
+
+# ---- the run ----
+
+
+def run_cell(
+    target: Target,
+    load: Load,
+    args: argparse.Namespace,
+    client: Path,
+    pins: tuple[list[str], list[str]],
+) -> dict[str, Any]:
+    """Start a fresh server, run the client against it, stop the server by its PID."""
+    receivers = args.threads_receivers if target.runtime == "threads" else args.receivers
+    max_connections = receivers + args.senders + 64
+    started = start_target(target, pins[0], max_connections)
+    if isinstance(started, str):
+        return {"ok": False, "error": started, "skipped": True}
+    try:
+        protocol = "redis" if target.kind == "redis" else "chat"
+        result = run_client(
+            client, pins[1], protocol, started.port, started.proc.pid, load, args, receivers
+        )
+        if not result.get("ok") and (failure := started.failure()):
+            result["error"] = f"{result.get('error')} ({failure})"
+    finally:
+        result_stop = harness.stop_server(started)
+    result["server_stop"] = result_stop
+    result["command"] = list(started.server.args)
+    return result
+
+
+def _rate(value: float) -> str:
+    if value >= 1e6:
+        return f"{value / 1e6:.2f}M"
+    if value >= 1e3:
+        return f"{value / 1e3:.1f}k"
+    return f"{value:.0f}"
+
+
+def _us(value: float) -> str:
+    if value >= 10_000_000:
+        return f"{value / 1e6:.0f}s"
+    if value >= 1_000_000:
+        return f"{value / 1e6:.1f}s"
+    if value >= 10_000:
+        return f"{value / 1000:.0f}ms"
+    if value >= 1000:
+        return f"{value / 1000:.1f}ms"
+    return f"{value:.0f}us"
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None or value < 0 else f"{value:.0%}"
+
+
+def lost_of(cell: dict[str, Any]) -> int:
+    """Deliveries lost or out of order."""
+    return int(cell.get("lost", 0)) + int(cell.get("reordered", 0))
+
+
+def good(cell: dict[str, Any] | None) -> bool:
+    return bool(cell and cell.get("ok") and cell.get("deliveries"))
+
+
+def compute_ratios(
+    loads: list[Load], results: dict[str, dict[str, dict[str, Any]]]
+) -> dict[str, dict[str, dict[str, float | None]]]:
+    """load -> enlace row -> delivered/s and p99 latency, each divided by Redis's.
+
+    Only when both served the same number of receivers; otherwise the values are None.
+    """
+    ratios: dict[str, dict[str, dict[str, float | None]]] = {}
+    for load in loads:
+        anchor = results.get(load.key, {}).get(ANCHOR)
+        ratios[load.key] = {}
+        for name in ENLACE:
+            cell = results.get(load.key, {}).get(name)
+            value: dict[str, float | None] = {"delivered_per_s": None, "p99": None}
+            if (
+                good(cell)
+                and good(anchor)
+                and cell is not None
+                and anchor is not None
+                and cell["counted_receivers"] == anchor["counted_receivers"]
+            ):
+                value["delivered_per_s"] = cell["delivered_per_s"] / anchor["delivered_per_s"]
+                if anchor["p99_us"] > 0:
+                    value["p99"] = cell["p99_us"] / anchor["p99_us"]
+            ratios[load.key][name] = value
+    return ratios
+
+
+def format_table(
+    loads: list[Load],
+    results: dict[str, dict[str, dict[str, Any]]],
+    ratios: dict[str, dict[str, dict[str, float | None]]],
+) -> str:
+    header = [
+        "load",
+        "server",
+        "receivers",
+        "sent/s",
+        "delivered/s",
+        "p50",
+        "p99",
+        "max",
+        "lost",
+        "server CPU",
+        "client CPU",
+        "delivered/s vs redis",
+        "p99 vs redis",
+    ]
+    rows = [header]
+    for load in loads:
+        first = True
+        for name, cell in results.get(load.key, {}).items():
+            row = [load.label if first else "", name]
+            first = False
+            if not cell.get("ok"):
+                row += ["SKIPPED" if cell.get("skipped") else "FAILED"] + [""] * 10
+                rows.append(row)
+                continue
+            row += [
+                str(cell["counted_receivers"]),
+                _rate(cell["sent_per_s"]),
+                _rate(cell["delivered_per_s"]),
+                _us(cell["p50_us"]),
+                _us(cell["p99_us"]),
+                _us(cell["max_us"]),
+                f"{lost_of(cell)} !" if lost_of(cell) else "0",
+                _pct(cell.get("server_cpu")),
+                _pct(cell.get("client_cpu")) + (" !" if cell["client_cpu"] > BUSY_CPU else ""),
+            ]
+            ratio = ratios.get(load.key, {}).get(name)
+            if ratio is None:
+                row += ["", ""]
+            else:
+                delivered, p99 = ratio["delivered_per_s"], ratio["p99"]
+                row += [
+                    "n/a" if delivered is None else f"{delivered:.2f}",
+                    "n/a" if p99 is None else f"{p99:.2f}x",
+                ]
+            rows.append(row)
+    return harness._render(rows)  # the same table layout as run.py
+
+
+def format_notes(
+    loads: list[Load], results: dict[str, dict[str, dict[str, Any]]], args: argparse.Namespace
+) -> list[str]:
+    notes = []
+    for load in loads:
+        for name, cell in results.get(load.key, {}).items():
+            where = f"{name}, {load.key}"
+            if not cell.get("ok"):
+                what = "skipped" if cell.get("skipped") else "FAILED"
+                notes.append(f"{what} {where}: {cell.get('error')}")
+                continue
+            if lost_of(cell):
+                notes.append(
+                    f"! {where}: {cell['lost']} deliveries lost ({cell['gaps']} skipped in "
+                    f"sequence, {cell['missing_at_end']} missing when the drain ended after "
+                    f"{cell['drain_seconds']:.1f} s), {cell['reordered']} out of order; "
+                    f"{cell['closed_receivers']} receivers closed by the server"
+                )
+            for key in ("unexpected", "malformed", "conn_errors", "connect_failures"):
+                if cell.get(key):
+                    notes.append(f"! {where}: {key} {cell[key]}")
+            if cell["client_cpu"] > BUSY_CPU:
+                notes.append(
+                    f"! {where}: the client used {cell['client_cpu']:.0%} of its core: the "
+                    "receiving side may have been the bottleneck"
+                )
+            if cell["counted_receivers"] < cell["receivers"]:
+                notes.append(
+                    f"! {where}: only {cell['counted_receivers']} of {cell['receivers']} "
+                    "receivers were ready"
+                )
+    if args.threads_receivers != args.receivers:
+        notes.append(
+            f"enlace-threads ran with {args.threads_receivers} receivers (--threads-receivers), "
+            f"the others with {args.receivers}: its ratios to redis are not shown (n/a)"
+        )
+    return notes
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python benchmarks/fanout.py",
+        description="Fan-out to N receivers in one room: enlace's chat (both runtimes) against "
+        "Redis pub/sub; deliveries/s, latency from send to delivery, lost deliveries.",
+        epilog="Loads: steady = --rate messages/s for --duration s; burst = --burst-count "
+        "messages at --burst-rate/s (faster than the servers fan out: measures capacity).",
+    )
+    parser.add_argument("--quick", action="store_true", help="short smoke run (about 30 s)")
+    parser.add_argument(
+        "--receivers", type=int, default=1000, metavar="N", help="receivers (default 1000)"
+    )
+    parser.add_argument(
+        "--threads-receivers",
+        type=int,
+        metavar="N",
+        help="receivers for enlace-threads (a thread each; default: --receivers; the server "
+        "is started with --max-connections N + senders + 64, above its default cap of 256)",
+    )
+    parser.add_argument("--senders", type=int, default=4, metavar="N", help="senders (default 4)")
+    parser.add_argument(
+        "--size", type=int, default=64, metavar="BYTES", help="message text size (default 64)"
+    )
+    parser.add_argument(
+        "--rate", type=float, default=100.0, help="steady load: messages/s (default 100)"
+    )
+    parser.add_argument(
+        "--duration", type=float, help="steady load: seconds of sending (default 5; quick 1)"
+    )
+    parser.add_argument(
+        "--burst-count",
+        type=int,
+        metavar="N",
+        help="burst load: messages (default 3000; quick 1000)",
+    )
+    parser.add_argument(
+        "--burst-rate", type=float, default=20000.0, help="burst load: messages/s (default 20000)"
+    )
+    parser.add_argument(
+        "--loads", default="steady,burst", metavar="A,B", help="steady, burst (default both)"
+    )
+    parser.add_argument(
+        "--servers",
+        default=",".join(t.name for t in TARGETS),
+        metavar="A,B",
+        help="default: " + ",".join(t.name for t in TARGETS),
+    )
+    parser.add_argument(
+        "--setup-timeout",
+        type=float,
+        default=60.0,
+        help="seconds to connect, greet and sync every client (default 60)",
+    )
+    parser.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=60.0,
+        help="seconds after the last send to wait for deliveries (default 60)",
+    )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run every cell N times, interleaved, and keep the median run (default 1)",
+    )
+    parser.add_argument(
+        "--pin",
+        choices=("split", "same", "none"),
+        default="split",
+        help="split: server on one core, client on another (default); same: one core; none",
+    )
+    parser.add_argument(
+        "--output", type=Path, default=DEFAULT_OUTPUT, help="JSON results (default: %(default)s)"
+    )
+    args = parser.parse_args(argv)
+    if args.duration is None:
+        args.duration = 1.0 if args.quick else 5.0
+    if args.burst_count is None:
+        args.burst_count = 1000 if args.quick else 3000
+    if args.threads_receivers is None:
+        args.threads_receivers = args.receivers
+    positive = (
+        args.receivers,
+        args.threads_receivers,
+        args.senders,
+        args.rate,
+        args.duration,
+        args.burst_count,
+        args.burst_rate,
+        args.setup_timeout,
+        args.drain_timeout,
+        args.repeat,
+    )
+    if min(positive) <= 0 or args.size < 0 or args.size > 16384:
+        parser.error("counts, rates and times must be positive; --size 0..16384")
+    if max(args.receivers, args.threads_receivers) > 50000 or args.senders > 1000:
+        parser.error("at most 50000 receivers and 1000 senders")
+    args.load_keys = _select(parser, args.loads, ["steady", "burst"], "loads")
+    args.server_names = _select(parser, args.servers, [t.name for t in TARGETS], "servers")
+    return args
+
+
+def _select(parser: argparse.ArgumentParser, names: str, known: list[str], what: str) -> list[str]:
+    chosen = [name.strip() for name in names.split(",") if name.strip()]
+    unknown = [name for name in chosen if name not in known]
+    if unknown or not chosen:
+        parser.error(f"unknown or no {what}: {', '.join(unknown)} (known: {', '.join(known)})")
+    return [name for name in known if name in chosen]
+
+
+def make_loads(args: argparse.Namespace) -> list[Load]:
+    steady_count = max(1, int(args.rate * args.duration))
+    burst_time = args.burst_count / args.burst_rate
+    loads = {
+        "steady": Load(
+            "steady",
+            f"steady: {args.rate:g} msg/s for {args.duration:g} s",
+            args.rate,
+            steady_count,
+            args.duration,
+        ),
+        "burst": Load(
+            "burst",
+            f"burst: {args.burst_count} msg at {args.burst_rate:g}/s",
+            args.burst_rate,
+            args.burst_count,
+            burst_time + 1.0,  # the count ends it; the time only bounds it
+        ),
+    }
+    return [loads[key] for key in args.load_keys]
+
+
+def _summary(cell: dict[str, Any]) -> str:
+    if not cell.get("ok"):
+        return f"{'skipped' if cell.get('skipped') else 'FAILED'}: {cell.get('error')}"
+    return (
+        f"{_rate(cell['delivered_per_s'])} deliveries/s, p50 {_us(cell['p50_us'])}, "
+        f"p99 {_us(cell['p99_us'])}, lost {lost_of(cell)}, setup {cell['setup_seconds']:.1f} s, "
+        f"drain {cell['drain_seconds']:.1f} s, server CPU {_pct(cell.get('server_cpu'))}"
+    )
+
+
+def median_run(cells: list[dict[str, Any]]) -> dict[str, Any]:
+    """The median run: ranked by deliveries/s, then by p99 latency (lower is better)."""
+    ok = sorted((c for c in cells if good(c)), key=lambda c: (c["delivered_per_s"], -c["p99_us"]))
+    if not ok:
+        return cells[-1]
+    chosen = dict(ok[(len(ok) - 1) // 2])
+    if len(cells) > 1:
+        chosen["runs"] = cells
+    return chosen
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; exit status 1 when a cell failed or lost deliveries, else 0."""
+    args = parse_args(argv)
+    loads = make_loads(args)
+    targets = [t for t in TARGETS if t.name in args.server_names]
+    client = build_client()
+    biggest = max(args.receivers, args.threads_receivers) + args.senders
+    files = raise_open_files(2 * biggest + 256)
+    pin_server, pin_client, pinned = pinning(args.pin)
+    loop = "uvloop" if uvloop_installed() else "asyncio (uvloop is not installed)"
+    print(f"fan-out: {pinned}; {files}; asyncio loop: {loop}", file=sys.stderr)
+    busy = harness.machine_busy()
+    if busy is not None and busy > 0.1:
+        print(
+            f"warning: the machine is {busy:.0%} busy before the run (other processes); "
+            "expect noisy numbers",
+            file=sys.stderr,
+        )
+    started = time.monotonic()
+    runs: dict[str, dict[str, list[dict[str, Any]]]] = {
+        load.key: {target.name: [] for target in targets} for load in loads
+    }
+    skipped: set[str] = set()
+    for round_ in range(args.repeat):
+        order = targets[round_ % len(targets) :] + targets[: round_ % len(targets)]
+        for load in loads:
+            for target in order:
+                if target.name in skipped:
+                    continue
+                print(f"{load.label}: {target.name} ...", file=sys.stderr)
+                cell = run_cell(target, load, args, client, (pin_server, pin_client))
+                runs[load.key][target.name].append(cell)
+                if cell.get("skipped"):
+                    skipped.add(target.name)
+                print(f"  {_summary(cell)}", file=sys.stderr)
+    results = {
+        load.key: {
+            target.name: median_run(runs[load.key][target.name])
+            for target in targets
+            if runs[load.key][target.name]
+        }
+        for load in loads
+    }
+    elapsed = time.monotonic() - started
+    ratios = compute_ratios(loads, results)
+
+    version = redis_version()
+    print()
+    print(
+        f"enlace fan-out: {args.receivers} receivers in one room, {args.senders} senders, "
+        f"{args.size}-byte messages; {pinned}; Python {platform.python_version()}, "
+        f"asyncio loop {loop.split(maxsplit=1)[0]}, redis {version or 'missing'}."
+    )
+    print()
+    print(format_table(loads, results, ratios))
+    notes = format_notes(loads, results, args)
+    for load in loads:
+        for name, cells in runs[load.key].items():
+            bad = [c for c in cells if c.get("ok") and lost_of(c)]
+            if len(cells) > 1 and bad:
+                notes.append(
+                    f"! {name}, {load.key}: {len(bad)} of {len(cells)} runs lost deliveries"
+                )
+    if busy is not None and busy > 0.1:
+        notes.append(
+            f"warning: the machine was {busy:.0%} busy before the run (other processes): the "
+            "numbers are noisy; use --repeat 3 on an idle machine for numbers to quote"
+        )
+    if notes:
+        print()
+        print("\n".join(notes))
+
+    report = {
+        "benchmark": "fanout",
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "python": sys.version,
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "pinning": pinned,
+        "open_files": files,
+        "asyncio_loop": loop,
+        "redis": version,
+        "receivers": args.receivers,
+        "threads_receivers": args.threads_receivers,
+        "senders": args.senders,
+        "size": args.size,
+        "repeat": args.repeat,
+        "elapsed": round(elapsed, 1),
+        "busy_before": None if busy is None else round(busy, 3),
+        "loads": {load.key: load.__dict__ for load in loads},
+        "results": results,
+        "ratios": ratios,
+    }
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(report, indent=2) + "\n")
+    done = sum(len(r) for by_target in runs.values() for r in by_target.values())
+    print(f"\n{done} runs, {elapsed:.0f} s; results in {args.output}")
+    failed = any(  # every run counts, not only the median ones shown
+        (not cell.get("ok") and not cell.get("skipped")) or (cell.get("ok") and lost_of(cell))
+        for by_target in runs.values()
+        for cells in by_target.values()
+        for cell in cells
+    )
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
