@@ -107,11 +107,20 @@ def _chat_options(parser: argparse.ArgumentParser) -> None:
 def _room_chat_options(parser: argparse.ArgumentParser) -> None:
     # The chat's own options come on top of the message server's.
     _chat_options(parser)
-    parser.add_argument(
+    # Either this process keeps the history (in memory or in DIR), or the hub does.
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument(
         "--data",
         metavar="DIR",
         help=f"keep rooms and their last messages in DIR/{DATA_FILE} (SQLite; DIR is "
         "created if missing), so they survive a restart; without it they live in memory",
+    )
+    where.add_argument(
+        "--hub",
+        metavar="URL",
+        help="share rooms, presence, nicknames and history with the other chat servers "
+        "started with the same URL, through Redis (redis://HOST:PORT/DB), so their clients "
+        "talk to each other; without it the chat is this process's alone",
     )
 
 
@@ -128,8 +137,16 @@ def _build_message(args: argparse.Namespace) -> MessageService:
 
 
 def _build_chat(args: argparse.Namespace) -> MessageService:
-    data = _option(args, "data", None)
-    if data is None:
+    data, hub_url = _option(args, "data", None), _option(args, "hub", None)
+    if hub_url is not None:
+        # Imported here: only --hub needs the Redis client.
+        from enlace.services.redis_hub import RedisHub  # noqa: PLC0415
+
+        # Reached before the server listens, so a wrong URL stops the start with one line.
+        hub = RedisHub(str(hub_url)).start()
+        atexit.register(hub.close)  # the others see this server's people leave at once
+        service = ChatService(hub=hub, **_message_options(args))
+    elif data is None:
         service = ChatService(**_message_options(args))
     else:
         # Opened before the server listens, so bad data stops the start with one clear line.

@@ -10,46 +10,54 @@ Everyone starts in ``general`` as ``guest-N``; ``/nick``, ``/join``,
 ``/leave``, ``/rooms``, ``/who``, ``/msg`` and ``/history`` do the rest. A
 room keeps its last ``max_history`` messages and replays them to whoever joins.
 
-Messages are kept by a :class:`~enlace.services.store.HistoryStore`: in memory
-by default, or in SQLite (``store=SqliteStore(DIR)``, ``enlace serve chat
---data DIR``), where rooms and their history survive a restart. A room with
-kept messages outlives its last member and is listed by ``/rooms``; a room
-without any is forgotten when its last member leaves.
+The service checks what clients send and words the events; rooms, members,
+nicknames and history live in a :class:`~enlace.services.hub.Hub`:
 
-Members and nicknames live in this process (one lock, since the thread runtime
-calls commands from many threads); spreading them over several processes is
-the job of a hub.
+- by default a :class:`~enlace.services.hub.LocalHub`, in this process, with the
+  messages in a :class:`~enlace.services.store.HistoryStore`: in memory, or in
+  SQLite (``store=SqliteStore(DIR)``, ``enlace serve chat --data DIR``), where
+  rooms and their history survive a restart. A room with kept messages
+  outlives its last member and is listed by ``/rooms``; a room without any is
+  forgotten when its last member leaves.
+- or a :class:`~enlace.services.redis_hub.RedisHub` (``hub=``, ``enlace serve
+  chat --hub redis://HOST:PORT/DB``), shared by several server processes, so
+  that their clients talk to each other.
+
+On a local hub every command answers at once, as a plain function. On a
+remote hub the commands that need the hub's answer (``/nick``, ``/join``,
+``/leave``, ``/rooms``, ``/who``, ``/msg``, ``/history``) are served as
+coroutines that await it, so neither runtime's threads nor its event loop
+wait on the network; chat lines are sent without waiting for anything.
 """
 
 from __future__ import annotations
 
-import itertools
+import asyncio
+import functools
 import re
-import threading
 import time
 import unicodedata
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable, Coroutine
+from concurrent.futures import Future
+from typing import Any, TypeVar, cast
 
 from enlace.limits import MAX_CHAT_MESSAGE, MAX_HISTORY, MAX_ROOMS
-from enlace.protocol.nicknames import NickError, guest_nick, nick_key, validate_nick
+from enlace.protocol.nicknames import NickError, validate_nick
 from enlace.protocol.ratelimit import FLOOD_BURST, FLOOD_RATE, FloodGuard, Verdict
 from enlace.services.commands import CommandError, Context
+from enlace.services.hub import DEFAULT_ROOM, Hub, LocalHub
 from enlace.services.message import NO_REPLY, MessageService, Session
-from enlace.services.store import HistoryStore, MemoryStore, StoreError
+from enlace.services.store import HistoryStore, MemoryStore
 
 __all__ = ["DEFAULT_ROOM", "ChatService"]
 
-DEFAULT_ROOM = "general"
+T = TypeVar("T")
+
 _ROOM_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}", re.ASCII)
 
-
-@dataclass
-class _Room:
-    name: str
-    members: dict[int, Session] = field(default_factory=dict)
-    #: The store keeps messages of this room, so it outlives its last member.
-    kept: bool = False
+# Seconds a command waits for a remote hub's answer. The hub bounds each of its own
+# calls well below this; this only keeps a client from waiting forever on a bug.
+_HUB_ANSWER_TIMEOUT = 10.0
 
 
 def _room_name(text: str) -> str:
@@ -61,6 +69,40 @@ def _room_name(text: str) -> str:
     return name
 
 
+async def _answer(future: Future[T]) -> T:
+    """The hub's answer; does not suspend when it is already there (a local hub's always is)."""
+    if not future.done():
+        try:
+            await asyncio.wait_for(asyncio.wrap_future(future), _HUB_ANSWER_TIMEOUT)
+        except TimeoutError:
+            raise CommandError(
+                "hub_timeout", "the chat hub did not answer in time; try again"
+            ) from None
+    return future.result()
+
+
+def _now(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run a command's coroutine to its end at once: on a local hub it never suspends."""
+    try:
+        coroutine.send(None)
+    except StopIteration as done:
+        return cast(T, done.value)
+    coroutine.close()
+    raise RuntimeError("a chat command waited on a hub that answers at once")
+
+
+def _awaiting(
+    command: Callable[..., Any], coroutine: Callable[..., Coroutine[Any, Any, Any]]
+) -> Callable[..., Coroutine[Any, Any, Any]]:
+    """``coroutine`` as an async command with the name, usage and help of ``command``."""
+
+    @functools.wraps(command)
+    async def awaiting(*args: Any) -> Any:
+        return await coroutine(*args)
+
+    return awaiting
+
+
 class ChatService(MessageService):
     """A chat server: rooms, nicknames, private messages and history.
 
@@ -69,6 +111,11 @@ class ChatService(MessageService):
     given). A given store has its own ``max_history``, so passing both is a
     :class:`ValueError`. Rooms the store already keeps (from an earlier run)
     exist from the start, with nobody in them.
+
+    ``hub`` shares rooms, members, nicknames and history with other servers
+    (a started :class:`~enlace.services.redis_hub.RedisHub`); it keeps the
+    history itself, so it excludes ``store`` and ``max_history``.
+    ``max_rooms`` bounds the rooms of the whole hub.
     """
 
     def __init__(
@@ -81,51 +128,57 @@ class ChatService(MessageService):
         flood_burst: int | None = FLOOD_BURST,
         flood_rate: float = FLOOD_RATE,
         store: HistoryStore | None = None,
+        hub: Hub | None = None,
         **options: Any,
     ) -> None:
         super().__init__(name=name, **options)
-        if store is None:
-            store = MemoryStore(max_history=MAX_HISTORY if max_history is None else max_history)
-        elif max_history is not None:
-            raise ValueError("with store=, give max_history to the store instead")
-        self.store = store
+        if hub is None:
+            if store is None:
+                store = MemoryStore(max_history=MAX_HISTORY if max_history is None else max_history)
+            elif max_history is not None:
+                raise ValueError("with store=, give max_history to the store instead")
+            hub = LocalHub(store)
+        elif store is not None or max_history is not None:
+            raise ValueError("with hub=, the hub keeps the history: give max_history to it")
+        hub.bind(self)
+        self.hub = hub
+        #: What this process answers :meth:`recent` from (with a remote hub, its copy).
+        self.store = hub.store
         self.max_message = max_message
         self.max_rooms = max_rooms
         self.flood_burst = flood_burst  # None: no flood control
         self.flood_rate = flood_rate
-        self._state = threading.RLock()
-        self._rooms: dict[str, _Room] = {name: _Room(name, kept=True) for name in store.rooms()}
-        self._nicks: dict[str, Session] = {}  # nick_key -> session
         #: Names nobody may take (nor a lookalike of): the AI assistant's, for one.
         self.reserved_nicks: set[str] = set()
-        self._guests = itertools.count(1)
-        for command in (self.nick, self.join, self.leave, self.rooms, self.who, self.msg):
-            self.command(command)
-        self.command(name="history")(self.history_command)
+        commands: dict[str, tuple[Callable[..., Any], Callable[..., Any]]] = {
+            "nick": (self.nick, self._nick),
+            "join": (self.join, self._join),
+            "leave": (self.leave, self._leave),
+            "rooms": (self.rooms, self._rooms),
+            "who": (self.who, self._who),
+            "msg": (self.msg, self._msg),
+            "history": (self.history_command, self._history),
+        }
+        for command_name, (now, later) in commands.items():
+            function = _awaiting(now, later) if hub.remote else now
+            self.command(name=command_name)(function)
 
     @property
     def max_history(self) -> int:
         """Messages a room keeps and replays (the store's bound)."""
-        return self.store.max_history
+        return self.hub.max_history
 
     # -- the message service's hooks ------------------------------------------------
 
     def on_start(self, session: Session) -> None:
         if self.flood_burst is not None:
             session.data["flood"] = FloodGuard(burst=self.flood_burst, rate=self.flood_rate)
-        with self._state:
-            # Nobody can choose a guest name, so the next number is always free.
-            guest = guest_nick(next(self._guests))
-            session.data["nick"] = guest
-            self._nicks[nick_key(guest)] = session
-        session.push(self._notice(f"welcome, {guest}: /nick NAME to choose a name, /help for more"))
-        self._enter(session, DEFAULT_ROOM)
+        guest = self.hub.arrive(session)
+        welcome = self._notice(f"welcome, {guest}: /nick NAME to choose a name, /help for more")
+        self._enter(session, DEFAULT_ROOM, greeting=welcome)  # remote: the replay comes later
 
     def on_end(self, session: Session) -> None:
-        with self._state:
-            nick = session.data.get("nick")
-            if nick is not None and self._nicks.get(nick_key(nick)) is session:
-                del self._nicks[nick_key(nick)]
+        self.hub.depart(session)
         self._exit(session, "left the chat")
 
     def on_text(self, ctx: Context, text: str) -> Any:
@@ -147,39 +200,24 @@ class ChatService(MessageService):
         """Keep ``event`` in the room's history and push it to every member.
 
         Raises :class:`CommandError` ``no_room`` if the room is gone, and
-        ``store_error`` if the store cannot keep the event (then nobody gets it).
+        ``store_error`` (or ``hub_busy``) if the event cannot be kept (then
+        nobody gets it). On a remote hub the members get it once the hub has
+        kept it, in the same order on every server.
         """
-        with self._state:
-            target = self._rooms.get(room)
-            if target is None:
-                raise CommandError("no_room", f"room {room} is gone: /join ROOM")
-            # Under the lock, so that whoever joins meanwhile gets the event either in
-            # the replay or pushed below, never both and never neither.
-            try:
-                self.store.append(room, event)
-            except StoreError as exc:
-                raise self._store_failed(
-                    exc, "the message could not be kept, so nobody got it"
-                ) from None
-            if self.max_history > 0:
-                target.kept = True
-            members = list(target.members.values())
-        for member in members:
-            member.push(event)
+        self.hub.publish(room, event, keep=True)
 
     def recent(self, room: str, count: int) -> list[dict[str, Any]]:
         """The last ``count`` events kept for ``room``, oldest first.
 
         Raises :class:`CommandError` ``store_error`` if the store cannot be read.
+        On a remote hub: this process's copy, which holds what the room said
+        since this server first had a member in it.
         """
-        try:
-            return self.store.recent(room, count)
-        except StoreError as exc:
-            raise self._store_failed(exc, f"the history of {room} cannot be read now") from None
+        return self.hub.recent(room, count)
 
     def push_to_room(self, room: str, event: dict[str, Any]) -> None:
         """Push ``event`` to the room's members without keeping it (progress, notices)."""
-        self._to_room(room, event)
+        self.hub.publish(room, event, keep=False)
 
     @staticmethod
     def nick_of(session: Session) -> str:
@@ -196,87 +234,91 @@ class ChatService(MessageService):
         """A new event stamped with the server's time."""
         return self._event(kind, **fields)
 
-    # -- commands --------------------------------------------------------------------
+    # -- commands (each runs its coroutine at once on a local hub) ----------------------
 
     def nick(self, ctx: Context, name: str) -> str:
         """Choose your nickname."""
+        return _now(self._nick(ctx, name))
+
+    def join(self, ctx: Context, room: str) -> str:
+        """Move to a room (it is created if needed); its recent messages are replayed."""
+        return _now(self._join(ctx, room))
+
+    def leave(self, ctx: Context) -> str:
+        """Leave your room and go back to general."""
+        return _now(self._leave(ctx))
+
+    def rooms(self) -> Any:
+        """List the rooms and how many people are in each."""
+        return _now(self._rooms())
+
+    def who(self, ctx: Context, room: str = "") -> str:
+        """List who is in a room (default: yours)."""
+        return _now(self._who(ctx, room))
+
+    def msg(self, ctx: Context, nick: str, text: str) -> Any:
+        """Send a private message."""
+        return _now(self._msg(ctx, nick, text))
+
+    def history_command(self, ctx: Context, count: int = 20) -> str:
+        """Show the last COUNT messages of your room (at most the room's history)."""
+        return _now(self._history(ctx, count))
+
+    async def _nick(self, ctx: Context, name: str) -> str:
         try:
             new = validate_nick(name, reserved=self.reserved_nicks)
         except NickError as exc:
             raise CommandError(exc.code, str(exc)) from None
         session = ctx.session
-        with self._state:
-            old = session.data["nick"]
-            holder = self._nicks.get(nick_key(new))
-            if holder is not None and holder is not session:
-                raise CommandError(
-                    "nick_taken", f"{new} is taken (or looks too much like a nick in use)"
-                )
-            del self._nicks[nick_key(old)]
-            self._nicks[nick_key(new)] = session
-            session.data["nick"] = new
-            room = session.data.get("room")
+        old = await _answer(self.hub.rename(session, new))
+        room = session.data.get("room")
         if room is not None and old != new:
-            self._to_room(room, self._event("nick", room=room, old=old, new=new,
-                                            text=f"{old} is now known as {new}"))  # fmt: skip
+            self.hub.publish(room, self._event("nick", room=room, old=old, new=new,
+                                               text=f"{old} is now known as {new}"),
+                             keep=False)  # fmt: skip
         return f"you are now {new}"
 
-    def join(self, ctx: Context, room: str) -> str:
-        """Move to a room (it is created if needed); its recent messages are replayed."""
+    async def _join(self, ctx: Context, room: str) -> str:
         name = _room_name(room)
         if ctx.session.data.get("room") == name:
             return f"you are already in {name}"
-        with self._state:
-            full = self.max_rooms is not None and len(self._rooms) >= self.max_rooms
-            if full and name not in self._rooms:
+        if self.max_rooms is not None:
+            rooms = [known for known, _ in await _answer(self.hub.listing())]
+            if len(rooms) >= self.max_rooms and name not in rooms:
                 raise CommandError("too_many_rooms", f"this server keeps {self.max_rooms} rooms")
         self._exit(ctx.session, f"went to {name}")
-        self._enter(ctx.session, name)
+        await _answer(self._enter(ctx.session, name))
         return f"you are in {name}"
 
-    def leave(self, ctx: Context) -> str:
-        """Leave your room and go back to general."""
+    async def _leave(self, ctx: Context) -> str:
         if ctx.session.data.get("room") == DEFAULT_ROOM:
             raise CommandError("bad_arguments", f"you are in {DEFAULT_ROOM} already")
-        return self.join(ctx, DEFAULT_ROOM)
+        return await self._join(ctx, DEFAULT_ROOM)
 
-    def rooms(self) -> Any:
-        """List the rooms and how many people are in each."""
-        with self._state:
-            listing = sorted((room.name, len(room.members)) for room in self._rooms.values())
-        return "\n".join(f"{name} ({count})" for name, count in listing)
+    async def _rooms(self) -> Any:
+        listing = await _answer(self.hub.listing())
+        return "\n".join(f"{name} ({count})" for name, count in listing) + self._partial("\n")
 
-    def who(self, ctx: Context, room: str = "") -> str:
-        """List who is in a room (default: yours)."""
+    async def _who(self, ctx: Context, room: str = "") -> str:
         name = _room_name(room) if room else ctx.session.data.get("room") or DEFAULT_ROOM
-        with self._state:
-            target = self._rooms.get(name)
-            nicks = sorted(m.data["nick"] for m in target.members.values()) if target else []
+        nicks = await _answer(self.hub.members(name))
         if not nicks:
             raise CommandError("no_room", f"nobody is in {name}")
-        return f"{name}: " + ", ".join(nicks)
+        return f"{name}: " + ", ".join(nicks) + self._partial(" ")
 
-    def msg(self, ctx: Context, nick: str, text: str) -> Any:
-        """Send a private message."""
+    async def _msg(self, ctx: Context, nick: str, text: str) -> Any:
         self._check_size(text)
         self._check_flood(ctx.session)
-        with self._state:
-            target = self._nicks.get(nick_key(nick))
-        if target is None:
-            raise CommandError("no_such_nick", f"nobody is called {nick}")
         sender = ctx.session
-        event = self._event(
-            "private", to=target.data["nick"], text=text, **{"from": sender.data["nick"]}
-        )
-        target.push(event)
-        if target is not sender:
-            sender.push(event)
+        # `to` is filled in by the hub with the nick as its holder spells it.
+        event = self._event("private", to=None, text=text, **{"from": sender.data["nick"]})
+        if not await _answer(self.hub.send_private(sender, nick, event)):
+            raise CommandError("no_such_nick", f"nobody is called {nick}")
         return NO_REPLY
 
-    def history_command(self, ctx: Context, count: int = 20) -> str:
-        """Show the last COUNT messages of your room (at most the room's history)."""
+    async def _history(self, ctx: Context, count: int = 20) -> str:
         room = ctx.session.data.get("room") or DEFAULT_ROOM
-        events = self.recent(room, count)
+        events = await _answer(self.hub.history(room, count))
         for event in events:
             ctx.session.push({**event, "replay": True})
         return f"{len(events)} messages of {room}"
@@ -308,44 +350,25 @@ class ChatService(MessageService):
     def _event(kind: str, **fields: Any) -> dict[str, Any]:
         return {"event": kind, **fields, "ts": round(time.time(), 3)}
 
-    def _store_failed(self, exc: StoreError, what: str) -> CommandError:
-        # The log says where and why; the client only needs to know what did not happen.
-        self.logger.error("%s", exc)
-        return CommandError("store_error", f"{what} (the server's log says why)")
-
     def _notice(self, text: str) -> dict[str, Any]:
         return self._event("notice", text=text)
 
-    def _to_room(self, room: str, event: dict[str, Any], *, exclude: Session | None = None) -> None:
-        with self._state:
-            target = self._rooms.get(room)
-            members = list(target.members.values()) if target else []
-        for member in members:
-            if member is not exclude:
-                member.push(event)
+    def _partial(self, separator: str) -> str:
+        # Said after the answer, so that what a client parses still comes first.
+        if self.hub.reachable:
+            return ""
+        return f"{separator}(this server only: the chat hub is unreachable)"
 
-    def _enter(self, session: Session, room: str) -> None:
+    def _enter(
+        self, session: Session, room: str, *, greeting: dict[str, Any] | None = None
+    ) -> Future[None]:
         nick = session.data["nick"]
-        with self._state:
-            target = self._rooms.setdefault(room, _Room(room))
-            target.members[session.id] = session
-            session.data["room"] = room
-            try:
-                replay = [{**kept, "replay": True} for kept in self.recent(room, self.max_history)]
-            except CommandError as exc:  # the room works without its past; say so
-                replay = [self._notice(exc.message)]
-        for event in replay:
-            session.push(event)
-        self._to_room(room, self._event("join", room=room, nick=nick, text=f"{nick} joined {room}"))
+        joined = self._event("join", room=room, nick=nick, text=f"{nick} joined {room}")
+        return self.hub.enter(session, room, joined, greeting=greeting)
 
     def _exit(self, session: Session, why: str) -> None:
-        with self._state:
-            room = session.data.pop("room", None)
-            target = self._rooms.get(room) if room else None
-            if target is None:
-                return
-            target.members.pop(session.id, None)
-            if not target.members and room != DEFAULT_ROOM and not target.kept:
-                del self._rooms[room]
+        room = session.data.get("room")
+        if room is None:
+            return
         nick = session.data.get("nick", "?")
-        self._to_room(room, self._event("leave", room=room, nick=nick, text=f"{nick} {why}"))
+        self.hub.exit(session, self._event("leave", room=room, nick=nick, text=f"{nick} {why}"))

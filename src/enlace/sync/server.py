@@ -148,6 +148,11 @@ class _Connection:
         work: Coroutine[Any, Any, Any],
         done: Callable[[Any, BaseException | None], None],
     ) -> None:
+        if self._corked and threading.get_ident() == self._owner:
+            # Replies already written in this callback go out before we block, so
+            # events pushed meanwhile by other threads cannot overtake them.
+            corked, self._corked = self._corked, []
+            self._send(corked[0] if len(corked) == 1 else b"".join(corked))
         future = asyncio.run_coroutine_threadsafe(work, _helper_loop())
         try:
             result, error = future.result(), None

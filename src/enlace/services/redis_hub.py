@@ -1,0 +1,583 @@
+"""The chat across several server processes: rooms, presence, nicknames and history in Redis.
+
+``enlace serve chat --hub redis://HOST:PORT/DB`` gives every chat server the
+same :class:`RedisHub`, so clients connected to different processes share
+rooms, see each other in ``/who`` and ``/rooms``, cannot take each other's
+nicks (nor lookalikes) and get the same history. It needs a standalone Redis
+6.2 or newer; :mod:`enlace.services.redis_scripts` shows what it keeps there.
+
+**One thread owns Redis**, through a :class:`~enlace.services.redis_link.RedisLink`:
+:mod:`redis.asyncio` on an event loop of its own, for both runtimes. The chat
+never waits on it: chat lines are queued and sent without an answer; commands
+that need one (``/nick``, ``/join``, ``/who`` ...) await a future that this
+thread completes. One bounded FIFO queue serves everything this server asks, in
+the order it asked, and every call has a timeout.
+
+**Room events travel only through Redis.** A chat line is one Lua script:
+``INCR`` the room's sequence number, ``RPUSH`` + ``LTRIM`` the event onto the
+room's history list, ``PUBLISH`` it on one channel all servers subscribe to.
+Every server, the sender's included, pushes what arrives on that channel to its
+own members. Delivering locally at once and ignoring the echo would be faster
+for the sender's neighbours, but two lines sent at once on two servers would
+then reach the two servers' clients in opposite orders. Through Redis, every
+client of every server sees one order per room, the order of the history.
+
+A join is one script too: read the room's sequence number and history, add the
+member to the presence, publish the ``join`` event. Events of that room reaching
+this server meanwhile are held for the joiner and released after the replay if
+their number is above the one read, so it sees each event once, in order.
+
+What a client notices: its own lines come back once Redis has them (as they do
+to everyone); the events about itself (``join``, ``nick``) may come just after
+the command's reply instead of just before; on connecting, the welcome, the
+replay of ``general`` and the ``join`` come together once the hub has answered,
+possibly after the replies to requests sent with the client's first bytes. The
+AI assistant's streamed fragments reach the asker's server only; its answer,
+posted when complete, reaches everyone.
+
+**Presence** is a hash per server (session -> room and nick) that expires unless
+the server's heartbeat keeps it alive, beside a key saying the server lives:
+the members of a crashed server leave ``/who`` within :data:`PRESENCE_TTL`
+seconds. ``/who`` and ``/rooms`` are one script that merges the hashes of the
+living servers, plus the rooms with history.
+
+**Nicknames**: ``nick:<nick_key>`` holds the owner (server id, session, nick as
+written). A claim succeeds if the key is free, owned by this server (whose own
+sessions the :class:`~enlace.services.hub.LocalHub` arbitrates) or owned by a
+server that no longer lives; so a crashed server's nicks free up with its
+heartbeat, and the heartbeat costs the same however many people are connected.
+Guest names come from a shared counter, handed out in blocks.
+
+**When Redis goes away** (a call fails or times out, or the subscription
+breaks), clients in rooms get one notice, :data:`UNREACHABLE`, and each server
+goes on as a :class:`~enlace.services.hub.LocalHub`: rooms, lines and private
+messages among its own clients, history from its copy of the recent messages.
+Changing nick is refused meanwhile (``hub_unreachable``): no server could check
+the name with the others, and two people would leave the outage with one name.
+The hub reconnects with a backoff of at most :data:`MAX_BACKOFF` seconds; then
+it registers its members and nicks again, tells the clients (:data:`BACK`), and
+lines cross servers again. Should someone elsewhere have taken a name in the
+meantime (Redis restarted empty), its holder here becomes a guest and is told
+why. Lines sent during the outage stay on their server and out of the shared
+history, and lines a server missed while cut off are not replayed to it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import secrets
+import threading
+from collections import deque
+from concurrent.futures import Future
+from typing import Any
+
+import orjson
+
+from enlace.limits import MAX_HISTORY
+from enlace.logs import logger_for
+from enlace.protocol.nicknames import guest_nick, nick_key
+from enlace.services.commands import CommandError
+from enlace.services.hub import ChatHooks, Hub, LocalHub, settled
+from enlace.services.message import Session
+from enlace.services.redis_link import HUB_TIMEOUT, MAX_BACKOFF, MAX_PENDING, Op, RedisLink
+from enlace.services.redis_scripts import PREFIX as _P
+from enlace.services.redis_scripts import SCRIPTS
+from enlace.services.store import MemoryStore
+
+__all__ = [
+    "BACK",
+    "HEARTBEAT",
+    "HUB_TIMEOUT",
+    "MAX_BACKOFF",
+    "MAX_PENDING",
+    "PRESENCE_TTL",
+    "UNREACHABLE",
+    "RedisHub",
+]
+
+# How often a server tells Redis it lives, and how long its members and nicks outlast
+# its silence: a crashed server's people leave /who within PRESENCE_TTL seconds, and
+# a live server would have to miss several beats in a row to be taken for dead.
+HEARTBEAT = 1.0
+PRESENCE_TTL = 5.0
+# Events held for one joiner while its replay is read: a round trip's worth.
+_MAX_HELD = 1024
+# Guest numbers taken from the shared counter at a time.
+_GUEST_BLOCK = 64
+
+#: The notice clients in rooms get when the hub becomes unreachable.
+UNREACHABLE = (
+    "the chat hub is unreachable: messages reach only people on this server until it returns"
+)
+#: The notice they get when it is back.
+BACK = "the chat hub is back: messages reach people on every server again"
+
+
+class _Joining:
+    """A session between entering a room and getting its replay: its events wait here."""
+
+    __slots__ = ("held", "room")
+
+    def __init__(self, room: str) -> None:
+        self.room = room
+        self.held: list[tuple[int, bool, dict[str, Any]]] = []
+
+
+class RedisHub(Hub):
+    """The chat's rooms, presence, nicknames and history, shared through Redis at ``url``.
+
+    ``url`` is ``redis://[:PASSWORD@]HOST:PORT/DB`` (``rediss://`` for TLS,
+    ``unix://PATH?db=N``). Call :meth:`start` before serving (it raises
+    :class:`~enlace.services.hub.HubError` if Redis cannot be reached) and
+    :meth:`close` after, or use the hub as a context manager. ``max_history``
+    is the messages each room keeps in Redis; ``timeout``, ``heartbeat``,
+    ``presence_ttl``, ``max_backoff`` and ``max_pending`` are the bounds of
+    the module docstring and of :mod:`enlace.services.redis_link`.
+    """
+
+    remote = True
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        max_history: int = MAX_HISTORY,
+        timeout: float = HUB_TIMEOUT,
+        heartbeat: float = HEARTBEAT,
+        presence_ttl: float = PRESENCE_TTL,
+        max_backoff: float = MAX_BACKOFF,
+        max_pending: int = MAX_PENDING,
+    ) -> None:
+        if presence_ttl < 2 * heartbeat:
+            raise ValueError("presence_ttl must be at least two heartbeats")
+        #: This process among the servers of the hub (random: a restart is a new server).
+        self.server_id = sid = secrets.token_hex(6)
+        #: This server's own rooms and people, which also serve while Redis is away.
+        self.local = LocalHub(MemoryStore(max_history=max_history))
+        self.store = self.local.store
+        self.logger = logger_for("chat")
+        self._chat: ChatHooks | None = None
+        self._ttl = max(1, round(presence_ttl * 1000))  # as Redis takes it: milliseconds
+        self._keys = {
+            "alive": f"{_P}server:{sid}",
+            "members": f"{_P}server:{sid}:members",
+            "nicks": f"{_P}server:{sid}:nicks",
+            "servers": f"{_P}servers",
+            "rooms": f"{_P}rooms",
+            "guests": f"{_P}guests",
+        }
+        self._events = f"{_P}events".encode()
+        self._lock = threading.Lock()  # the joiners and the guest numbers
+        self._joining: dict[int, _Joining] = {}
+        self._guests: deque[int] = deque()
+        self._highest_guest = 0
+        # Names for newcomers while no block can be had: far above any block, so clashes
+        # with the shared counter's numbers are as good as impossible (and resolved if not).
+        self._spare_guests = itertools.count(10**8 + secrets.randbelow(9 * 10**8))
+        self._refilling = False
+        self._mirrored: dict[str, int] = {}  # room -> the last sequence number copied
+        self.link = RedisLink(
+            url,
+            channels=[self._events, f"{_P}server:{sid}:inbox".encode()],
+            scripts=SCRIPTS,
+            on_message=self._received,
+            on_down=lambda error: self._announce(UNREACHABLE),
+            on_up=lambda: self._announce(BACK),
+            register=self._register,
+            beat=self._beat,
+            logger=self.logger,
+            timeout=timeout,
+            heartbeat=heartbeat,
+            max_backoff=max_backoff,
+            max_pending=max_pending,
+        )
+
+    @property
+    def reachable(self) -> bool:
+        return self.link.up
+
+    def bind(self, chat: ChatHooks) -> None:
+        self.local.bind(chat)
+        self._chat = chat
+        self.logger = self.link.logger = chat.logger
+
+    def start(self) -> RedisHub:
+        """Connect, subscribe and register; raise :class:`HubError` if Redis cannot be had."""
+        self.link.start()
+        self.logger.info("chat hub: %s (this server is %s)", self.link.where, self.server_id)
+        return self
+
+    def close(self) -> None:
+        """Finish the queued operations (bounded), leave the hub's presence, stop."""
+        keys = [self._keys[name] for name in ("alive", "servers", "members", "nicks")]
+        self.link.close(lambda: self._script("unregister", keys, [self.server_id]))
+
+    def __enter__(self) -> RedisHub:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- nicknames -------------------------------------------------------------------
+
+    def arrive(self, session: Session) -> str:
+        nick = guest_nick(self._next_guest())
+        self.local.register(session, nick)
+        self.link.submit(self._claim(session, nick, None))
+        return nick
+
+    def depart(self, session: Session) -> None:
+        # Its nick, and the one a /nick still on its way may have claimed: queued after
+        # that claim, the release finds whichever this session holds.
+        nicks = {session.data.get("nick"), session.data.get("reserved")} - {None}
+        self.local.depart(session)
+        with self._lock:
+            self._joining.pop(session.id, None)
+        for nick in nicks:
+            keys, args = [self._nick(str(nick)), self._keys["nicks"]], [self._owner(session)]
+            self.link.submit(Op(self._releasing(keys, args), lambda: None))
+
+    def rename(self, session: Session, nick: str) -> Future[str]:
+        old = str(session.data["nick"])
+        if nick_key(old) == nick_key(nick):  # another spelling of one's own name: no one to ask
+            self.local.rename(session, nick)
+            self.link.submit(self._claim(session, nick, None))  # the record shows the new one
+            return settled(old)
+        self.local.reserve(session, nick)
+        op = self._claim(session, nick, old)
+        if not self.link.submit(op):
+            self.local.cancel(session, nick)
+            raise _busy()
+        return op.future
+
+    def send_private(self, sender: Session, nick: str, event: dict[str, Any]) -> Future[bool]:
+        if self.local.holder(nick) is not None:
+            return self.local.send_private(sender, nick, event)
+        keys, args = [self._nick(nick)], [f"{_P}server:", orjson.dumps(event)]
+
+        async def run() -> bool:
+            found = await self._script("private", keys, args)
+            if found is None:
+                return False
+            event["to"] = found.decode()
+            sender.push(event)
+            return True
+
+        def fallback() -> bool:
+            raise CommandError(
+                "hub_unreachable",
+                f"nobody is called {nick} on this server, and the chat hub is unreachable",
+            )
+
+        return self._ask(run, fallback)
+
+    # -- rooms -----------------------------------------------------------------------
+
+    def enter(
+        self,
+        session: Session,
+        room: str,
+        joined: dict[str, Any],
+        *,
+        greeting: dict[str, Any] | None = None,
+    ) -> Future[None]:
+        # The greeting goes from this hub's thread too: the thread runtime holds back
+        # what a connection's own thread writes until its callback ends, so pushed from
+        # there it could arrive after the replay.
+        joining = _Joining(room)
+        with self._lock:  # before the session is a member, so no event slips past it
+            self._joining[session.id] = joining
+        self.local.add_member(session, room)
+        nick = str(session.data["nick"])
+        keys = [self._room(room, "seq"), self._room(room, "history"), self._keys["members"]]
+        args = [room, self.max_history, session.id, f"{room}\t{nick}", orjson.dumps(joined)]
+        args += [self._events, self._ttl]
+
+        async def run() -> None:
+            before, kept = await self._script("enter", keys, args)
+            if greeting is not None:
+                session.push(greeting)
+            replay = [orjson.loads(event) for event in kept]
+            if room not in self._mirrored:  # the first this server sees of the room
+                self._mirrored[room] = int(before)
+                for event in replay:
+                    self.store.append(room, event)
+            self._joined(session, joining, replay, int(before))
+
+        def fallback() -> None:
+            if greeting is not None:
+                session.push(greeting)
+            if self._joined(session, joining, None, 0):
+                self.local.enter(session, room, joined)
+
+        op = Op(run, fallback)
+        if not self.link.submit(op):
+            fallback()
+            return settled(None)
+        return op.future
+
+    def exit(self, session: Session, left: dict[str, Any]) -> None:
+        with self._lock:
+            self._joining.pop(session.id, None)
+        room = self.local.remove_member(session)
+        if room is None:
+            return
+        post = self._post(room, left, keep=False)
+
+        async def run() -> None:
+            pipe = self.link.client.pipeline(transaction=False)
+            pipe.hdel(self._keys["members"], str(session.id))
+            await post(pipe)
+            await pipe.execute()
+
+        if not self.link.submit(Op(run, lambda: self.local.deliver(room, left))):
+            self.local.deliver(room, left)
+
+    def publish(self, room: str, event: dict[str, Any], *, keep: bool) -> None:
+        fallback = lambda: self.local.publish(room, event, keep=keep)  # noqa: E731
+        if self.link.submit(Op(None, fallback, batch=self._post(room, event, keep=keep))):
+            return
+        if keep:
+            raise _busy()
+        self.local.deliver(room, event)  # a notice still reaches this server's members
+
+    def recent(self, room: str, count: int) -> list[dict[str, Any]]:
+        return self.local.recent(room, count)
+
+    def history(self, room: str, count: int) -> Future[list[dict[str, Any]]]:
+        count = min(count, self.max_history)
+        if count <= 0:
+            return settled([])
+        key = self._room(room, "history")
+
+        async def run() -> list[dict[str, Any]]:
+            kept = await self.link.client.lrange(key, -count, -1)
+            return [orjson.loads(event) for event in kept]
+
+        return self._ask(run, lambda: self.local.recent(room, count))
+
+    def listing(self) -> Future[list[tuple[str, int]]]:
+        async def run() -> list[tuple[str, int]]:
+            flat = await self._presence("")
+            return sorted((flat[i].decode(), int(flat[i + 1])) for i in range(0, len(flat), 2))
+
+        return self._ask(run, lambda: self.local.listing().result())
+
+    def members(self, room: str) -> Future[list[str]]:
+        async def run() -> list[str]:
+            return sorted(nick.decode() for nick in await self._presence(room))
+
+        return self._ask(run, lambda: self.local.members(room).result())
+
+    # -- on the link's thread ----------------------------------------------------------
+
+    def _received(self, channel: bytes, data: bytes) -> None:
+        header, _, body = data.partition(b"\n")
+        try:
+            event = orjson.loads(body)
+            if channel == self._events:
+                seq, room, keep = header.split(b"\t")
+                self._room_event(int(seq), room.decode(), keep == b"1", event)
+                return
+            session_id, nick = header.split(b"\t", 1)  # a private message for someone here
+            target = self.local.holder(nick.decode())
+            if target is not None and target.id == int(session_id):
+                event["to"] = target.data.get("nick")
+                target.push(event)
+        except ValueError as exc:  # JSON and Unicode errors included
+            self.logger.warning("chat hub: ignored a malformed message on %r: %s", channel, exc)
+
+    def _room_event(self, seq: int, room: str, keep: bool, event: dict[str, Any]) -> None:
+        if keep and seq > self._mirrored.get(room, 0):
+            self._mirrored[room] = seq
+            self.store.append(room, event)  # a MemoryStore: never fails
+        members = self.local.members_of(room)
+        if not members:
+            return
+        with self._lock:
+            joining = [self._joining.get(member.id) for member in members]
+        for member, waiting in zip(members, joining, strict=True):
+            if waiting is None or waiting.room != room:
+                member.push(event)
+            elif len(waiting.held) < _MAX_HELD:
+                waiting.held.append((seq, keep, event))
+            else:
+                self.logger.warning("chat hub: dropped an event for a joiner of %s", room)
+
+    def _joined(
+        self, session: Session, joining: _Joining, replay: list[dict[str, Any]] | None, before: int
+    ) -> bool:
+        """Give a joiner its replay, then what was held for it; False if it moved on since.
+
+        ``replay`` None: Redis is away and the local hub replays; only the held
+        notices are left to give.
+        """
+        with self._lock:
+            if self._joining.get(session.id) is joining:
+                del self._joining[session.id]
+        if session.data.get("room") != joining.room:
+            return False
+        for event in replay or ():
+            session.push({**event, "replay": True})
+        for seq, keep, event in joining.held:
+            if seq > before if replay is not None else not keep:
+                session.push(event)
+        return True
+
+    async def _register(self) -> None:
+        """Tell Redis who is here (again): presence, nicks, a block of guest numbers."""
+        args: list[Any] = [self.server_id, self._ttl, f"{_P}server:"]
+        sessions = {session.id: session for session in self.local.sessions()}
+        for session in sessions.values():
+            nick, room = str(session.data.get("nick")), session.data.get("room")
+            presence = f"{room}\t{nick}" if room is not None else ""
+            args += [session.id, self._nick(nick), self._owner(session) + nick, presence]
+        keys = [self._keys[name] for name in ("alive", "servers", "members", "nicks")]
+        lost = await self._script("register", keys, args)
+        await self._refill(replace=True)
+        for room in self._mirrored:  # numbers restart if Redis lost its data
+            self._mirrored[room] = 0
+        for session_id in lost:
+            displaced = sessions.get(int(session_id))
+            if displaced is not None:
+                self._displace(displaced)
+
+    async def _beat(self) -> None:
+        pipe = self.link.client.pipeline(transaction=False)
+        pipe.set(self._keys["alive"], b"1", px=self._ttl, get=True)
+        pipe.sadd(self._keys["servers"], self.server_id)
+        pipe.pexpire(self._keys["members"], self._ttl)
+        pipe.pexpire(self._keys["nicks"], self._ttl)
+        previous, *_ = await pipe.execute()
+        if previous is None:
+            # Taken for dead (a stall) or forgotten (Redis restarted): say who is here.
+            self.logger.warning("chat hub: this server had expired in Redis; registering again")
+            self.link.resync()
+
+    # -- helpers -----------------------------------------------------------------------
+
+    def _claim(self, session: Session, nick: str, old: str | None) -> Op:
+        """Claim ``nick`` for the session; with ``old``, a /nick awaiting the answer."""
+        room = session.data.get("room")
+        keys = [self._nick(nick), self._keys["members"], self._keys["nicks"]]
+        keys.append(self._nick(old if old is not None else nick))
+        args = [self.server_id, self._owner(session) + nick, f"{_P}server:", session.id]
+        args += [f"{room}\t{nick}" if room is not None else "", self._ttl, self._owner(session)]
+
+        async def run() -> str | None:
+            if await self._script("claim", keys, args) == 1:
+                return self.local.commit(session, nick) if old is not None else None
+            if old is None:  # a guest name or a respelling: someone elsewhere has it
+                if self.local.holder(nick) is session:
+                    self._displace(session)
+                return None
+            self.local.cancel(session, nick)
+            raise CommandError(
+                "nick_taken", f"{nick} is taken (or looks too much like a nick in use)"
+            )
+
+        def fallback() -> None:
+            if old is None:
+                return  # claimed when the hub is back
+            self.local.cancel(session, nick)
+            raise CommandError(
+                "hub_unreachable",
+                "names cannot change while the chat hub is unreachable (no server could check "
+                "yours with the others); try again when it is back",
+            )
+
+        return Op(run, fallback)
+
+    def _displace(self, session: Session) -> None:
+        """Someone on another server holds this session's nick: make it a guest, and say why."""
+        if session.data.get("departed"):
+            return
+        old = str(session.data.get("nick"))
+        new = guest_nick(self._next_guest())
+        self.local.commit(session, new)
+        self.link.submit(self._claim(session, new, None))
+        session.push(self._event("notice", text=(
+            f"{old} is in use on another server (the chat hub lost track of names while it was "
+            f"unreachable): you are {new} now; /nick NAME to choose another"
+        )))  # fmt: skip
+        room = session.data.get("room")
+        if room is not None:
+            text = f"{old} is now known as {new}"
+            self.publish(room, self._event("nick", room=room, old=old, new=new, text=text),
+                         keep=False)  # fmt: skip
+
+    def _next_guest(self) -> int:
+        with self._lock:
+            if self._guests:
+                number = self._guests.popleft()
+                self._highest_guest = max(self._highest_guest, number)
+            else:
+                number = next(self._spare_guests)
+            low = len(self._guests) < _GUEST_BLOCK // 2
+            refill = low and self.link.up and not self._refilling
+            self._refilling = self._refilling or refill
+        if refill:
+            self.link.submit(Op(self._refill, self._refilled))
+        return number
+
+    async def _refill(self, *, replace: bool = False) -> None:
+        with self._lock:
+            floor = max(self._highest_guest, *self._guests, 0)
+        highest = await self._script("guests", [self._keys["guests"]], [floor, _GUEST_BLOCK])
+        with self._lock:
+            if replace:
+                self._guests.clear()
+            self._guests.extend(range(highest - _GUEST_BLOCK + 1, highest + 1))
+        self._refilled()
+
+    def _refilled(self) -> None:
+        with self._lock:
+            self._refilling = False
+
+    def _ask(self, run: Any, fallback: Any) -> Future[Any]:
+        op = Op(run, fallback)
+        if not self.link.submit(op):
+            raise _busy()
+        return op.future
+
+    def _releasing(self, keys: list[Any], args: list[Any]) -> Any:
+        return lambda: self._script("release", keys, args)
+
+    def _script(self, name: str, keys: list[Any], args: list[Any], pipe: Any = None) -> Any:
+        return self.link.scripts[name](keys, args, pipe)
+
+    async def _presence(self, room: str) -> list[Any]:
+        keys = [self._keys["servers"], self._keys["rooms"]]
+        return list(await self._script("presence", keys, [f"{_P}server:", room]))
+
+    def _post(self, room: str, event: dict[str, Any], *, keep: bool) -> Any:
+        keys = [self._room(room, "seq"), self._room(room, "history"), self._keys["rooms"]]
+        args = [room, orjson.dumps(event), int(keep), self.max_history, self._events]
+        return lambda pipe: self._script("post", keys, args, pipe)
+
+    def _announce(self, text: str) -> None:
+        notice = self._event("notice", text=text)
+        for session in self.local.everyone():
+            session.push(notice)
+
+    def _event(self, kind: str, **fields: Any) -> dict[str, Any]:
+        if self._chat is not None:
+            return self._chat.event(kind, **fields)
+        return {"event": kind, **fields}
+
+    def _owner(self, session: Session) -> str:
+        return f"{self.server_id}\t{session.id}\t"
+
+    @staticmethod
+    def _nick(nick: str) -> str:
+        return f"{_P}nick:{nick_key(nick)}"
+
+    @staticmethod
+    def _room(room: str, what: str) -> str:
+        return f"{_P}room:{room}:{what}"
+
+
+def _busy() -> CommandError:
+    return CommandError(
+        "hub_busy", "the chat hub is not keeping up; nothing was sent: try again in a moment"
+    )
