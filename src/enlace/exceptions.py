@@ -23,8 +23,9 @@ close, a :class:`LocalProtocolError` is a bug or bad input on our side.
 
 Errors a service raises live beside it and join the tree at ``EnlaceError``:
 :class:`~enlace.services.commands.CommandError` (a command's coded error reply),
-:class:`~enlace.protocol.nicknames.NickError` (a nickname the chat refuses) and
-:class:`~enlace.services.store.StoreError` (the chat's history could not be kept or read).
+:class:`~enlace.protocol.nicknames.NickError` (a nickname the chat refuses),
+:class:`~enlace.services.store.StoreError` (the chat's history could not be kept or read) and
+:class:`~enlace.services.hub.HubError` (the chat's hub cannot start).
 
 Every class carries a stable machine-readable ``code`` (``frame_too_large``,
 ``connection_refused`` ...): the message server sends it on the wire, the
