@@ -14,6 +14,7 @@ The open-files limit is raised to its hard limit when ``--max-connections`` need
 from __future__ import annotations
 
 import argparse
+import atexit
 import resource
 import sys
 
@@ -51,11 +52,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--max-connections", type=int, default=2048, metavar="N", help="default 2048"
     )
+    parser.add_argument(
+        "--hub", metavar="URL", help="share the chat through this Redis (redis://HOST:PORT/DB)"
+    )
     args = parser.parse_args(argv)
     short = raise_open_files(args.max_connections + 64)
     if short:
         print(f"chat_server: warning: {short}", file=sys.stderr, flush=True)
-    service = ChatService(flood_burst=None)
+    if args.hub:
+        from enlace.services.redis_hub import RedisHub  # noqa: PLC0415 - only this row needs Redis
+
+        hub = RedisHub(args.hub).start()
+        atexit.register(hub.close)
+        service = ChatService(flood_burst=None, hub=hub)
+    else:
+        service = ChatService(flood_burst=None)
     launch = Launch(
         "chat",
         service,

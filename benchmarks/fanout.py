@@ -82,9 +82,11 @@ class Target:
 TARGETS = (
     Target("enlace-asyncio", "chat", "asyncio"),
     Target("enlace-threads", "chat", "threads"),
+    # The same chat server, its rooms shared through a Redis hub (a redis-server of its own).
+    Target("enlace-redis-hub", "chat-hub", "asyncio"),
     Target("redis", "redis"),
 )
-ENLACE = ("enlace-asyncio", "enlace-threads")
+ENLACE = ("enlace-asyncio", "enlace-threads", "enlace-redis-hub")
 ANCHOR = "redis"
 
 
@@ -237,12 +239,12 @@ def start_redis(pin: list[str], max_clients: int) -> harness.RunningServer | str
 
 
 def start_target(
-    target: Target, pin: list[str], max_connections: int
+    target: Target, pin: list[str], max_connections: int, hub_port: int | None = None
 ) -> harness.RunningServer | str:
-    """Start a server for one cell."""
+    """Start a server for one cell (for the hub row, the chat server; its Redis is separate)."""
     if target.kind == "redis":
         return start_redis(pin, max_connections)
-    args = (
+    args: tuple[str, ...] = (
         str(CHAT_SERVER),
         "--port",
         "0",
@@ -251,6 +253,8 @@ def start_target(
         "--max-connections",
         str(max_connections),
     )
+    if hub_port is not None:
+        args = (*args, "--hub", f"redis://127.0.0.1:{hub_port}/0")
     return harness.start_server(harness.Server(target.name, args, "enlace"), pin)
 
 
@@ -327,8 +331,18 @@ def run_cell(
     """Start a fresh server, run the client against it, stop the server by its PID."""
     receivers = args.threads_receivers if target.runtime == "threads" else args.receivers
     max_connections = receivers + args.senders + 64
-    started = start_target(target, pins[0], max_connections)
+    hub: harness.RunningServer | None = None
+    if target.kind == "chat-hub":
+        made = start_redis(pins[0], 256)
+        if isinstance(made, str):
+            return {"ok": False, "error": made, "skipped": True}
+        hub = made
+    started = start_target(
+        target, pins[0], max_connections, hub_port=None if hub is None else hub.port
+    )
     if isinstance(started, str):
+        if hub is not None:
+            harness.stop_server(hub)
         return {"ok": False, "error": started, "skipped": True}
     try:
         protocol = "redis" if target.kind == "redis" else "chat"
@@ -339,6 +353,8 @@ def run_cell(
             result["error"] = f"{result.get('error')} ({failure})"
     finally:
         result_stop = harness.stop_server(started)
+        if hub is not None:
+            harness.stop_server(hub)
     result["server_stop"] = result_stop
     result["command"] = list(started.server.args)
     return result
