@@ -95,20 +95,7 @@ ANCHOR = "redis"
 
 def build_client() -> Path:
     """Compile ``fanout.c`` into ``.build/fanout`` unless it is up to date; return its path."""
-    if CLIENT.exists() and CLIENT.stat().st_mtime >= CLIENT_SRC.stat().st_mtime:
-        return CLIENT
-    compiler = os.environ.get("CC", "cc")
-    if shutil.which(compiler) is None:
-        sys.exit(f"error: no C compiler ({compiler}) to build {CLIENT_SRC.relative_to(REPO)}")
-    BUILD.mkdir(exist_ok=True)
-    partial = BUILD / "fanout.partial"
-    cmd = [compiler, "-O2", "-Wall", "-Wextra", "-o", str(partial), str(CLIENT_SRC), "-lm"]
-    print(f"building the fan-out client: {' '.join(cmd)}", file=sys.stderr)
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
-    if done.returncode != 0:
-        sys.exit(f"error: building the fan-out client failed:\n{done.stdout}{done.stderr}")
-    partial.replace(CLIENT)
-    return CLIENT
+    return harness.build_c_program(CLIENT_SRC, CLIENT, "the fan-out client")
 
 
 def run_client(

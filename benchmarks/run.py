@@ -220,22 +220,27 @@ SUITES: dict[str, Suite] = {
 # ---- the load generator ----
 
 
-def build_loadgen() -> Path:
-    """Compile ``loadgen.c`` into ``.build/loadgen`` unless it is up to date; return its path."""
-    if LOADGEN.exists() and LOADGEN.stat().st_mtime >= LOADGEN_SRC.stat().st_mtime:
-        return LOADGEN
+def build_c_program(source: Path, target: Path, what: str) -> Path:
+    """Compile ``source`` into ``target`` unless it is up to date; return ``target``."""
+    if target.exists() and target.stat().st_mtime >= source.stat().st_mtime:
+        return target
     compiler = os.environ.get("CC", "cc")
     if shutil.which(compiler) is None:
-        sys.exit(f"error: no C compiler ({compiler}) to build {LOADGEN_SRC.relative_to(REPO)}")
+        sys.exit(f"error: no C compiler ({compiler}) to build {source.relative_to(REPO)}")
     BUILD.mkdir(exist_ok=True)
-    partial = BUILD / "loadgen.partial"
-    cmd = [compiler, "-O2", "-Wall", "-Wextra", "-o", str(partial), str(LOADGEN_SRC), "-lm"]
-    print(f"building the load generator: {' '.join(cmd)}", file=sys.stderr)
+    partial = target.with_suffix(".partial")
+    cmd = [compiler, "-O2", "-Wall", "-Wextra", "-o", str(partial), str(source), "-lm"]
+    print(f"building {what}: {' '.join(cmd)}", file=sys.stderr)
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
     if done.returncode != 0:
-        sys.exit(f"error: building the load generator failed:\n{done.stdout}{done.stderr}")
-    partial.replace(LOADGEN)
-    return LOADGEN
+        sys.exit(f"error: building {what} failed:\n{done.stdout}{done.stderr}")
+    partial.replace(target)
+    return target
+
+
+def build_loadgen() -> Path:
+    """Compile ``loadgen.c`` into ``.build/loadgen`` unless it is up to date; return its path."""
+    return build_c_program(LOADGEN_SRC, LOADGEN, "the load generator")
 
 
 def run_loadgen(

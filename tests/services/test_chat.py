@@ -9,47 +9,7 @@ import pytest
 
 from enlace.services.assistant import install_assistant
 from enlace.services.chat import ChatService
-from tests.conftest import connect
-
-
-class Person:
-    """A chat user on a line connection (as with nc), or sending JSON requests."""
-
-    def __init__(self, address: tuple[str, int], *, json_form: bool = False) -> None:
-        self.sock = connect(address)
-        self.file = self.sock.makefile("rb")
-        self.json_form = json_form
-        self.ids = 0
-
-    def send(self, line: str) -> None:
-        self.sock.sendall(line.encode() + b"\n")
-
-    def request(self, cmd: str, *args: object) -> None:
-        self.ids += 1
-        self.send(json.dumps({"id": self.ids, "cmd": cmd, "args": list(args)}))
-
-    def line(self) -> str:
-        data = self.file.readline()
-        assert data, "the server closed the connection"
-        return data.decode().rstrip("\n")
-
-    def until(self, wanted: str) -> list[str]:
-        """Lines up to and including the first that contains ``wanted``."""
-        seen = []
-        while True:
-            seen.append(self.line())
-            if wanted in seen[-1]:
-                return seen
-
-    def event(self, kind: str) -> dict:
-        while True:
-            line = self.line()
-            if line.startswith("{") and json.loads(line).get("event") == kind:
-                return json.loads(line)
-
-    def close(self) -> None:
-        self.file.close()
-        self.sock.close()
+from tests.services.people import Person
 
 
 @pytest.fixture

@@ -55,12 +55,17 @@ def _echo_options(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="echo 4-byte big-endian length-prefixed frames instead of a byte stream",
     )
+    _max_frame_option(parser, " with --framed")
+
+
+def _max_frame_option(parser: argparse.ArgumentParser, when: str) -> None:
     parser.add_argument(
         "--max-frame",
         type=optional_number(int),
         default=MAX_FRAME,
         metavar="BYTES",
-        help=f"largest frame payload with --framed (default {MAX_FRAME}; 'none' disables)",
+        help=f"largest frame payload{when} (default {MAX_FRAME}; 'none' disables); larger: "
+        "an error frame and a close",
     )
 
 
@@ -82,14 +87,8 @@ def _udp_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _chat_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--max-frame",
-        type=optional_number(int),
-        default=MAX_FRAME,
-        metavar="BYTES",
-        help=f"largest frame payload (default {MAX_FRAME}); larger: an error and a close",
-    )
+def _message_server_options(parser: argparse.ArgumentParser) -> None:
+    _max_frame_option(parser, "")
     parser.add_argument(
         "--max-line",
         type=optional_number(int),
@@ -104,9 +103,9 @@ def _chat_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _room_chat_options(parser: argparse.ArgumentParser) -> None:
+def _chat_options(parser: argparse.ArgumentParser) -> None:
     # The chat's own options come on top of the message server's.
-    _chat_options(parser)
+    _message_server_options(parser)
     # Either this process keeps the history (in memory or in DIR), or the hub does.
     where = parser.add_mutually_exclusive_group()
     where.add_argument(
@@ -212,7 +211,7 @@ CATALOG: dict[str, ServiceEntry] = {
             "of the message server",
             try_it="enlace chat {host}:{port} --nick ana   (or: enlace shell, or nc, then /help)",
             build=_build_chat,
-            add_options=_room_chat_options,
+            add_options=_chat_options,
         ),
         ServiceEntry(
             name="message",
@@ -222,7 +221,7 @@ CATALOG: dict[str, ServiceEntry] = {
             "/commands, JSON requests; no rooms",
             try_it="enlace send {host}:{port} '/upper hola'",
             build=_build_message,
-            add_options=_chat_options,
+            add_options=_message_server_options,
             in_up=False,
         ),
     )

@@ -16,7 +16,6 @@ the stream cannot be resynchronised, so the reply is sent and the connection clo
 from __future__ import annotations
 
 import json
-import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -25,7 +24,7 @@ import orjson
 
 from enlace.exceptions import RemoteProtocolError
 from enlace.limits import MAX_FRAME, MAX_JSON, MAX_JSON_DEPTH, MAX_LINE
-from enlace.protocol.framing import HEADER_SIZE, DelimiterDecoder, LengthPrefixDecoder
+from enlace.protocol.framing import DelimiterDecoder, LengthPrefixDecoder, pack_header
 
 __all__ = [
     "MAX_ID",
@@ -95,8 +94,6 @@ class BadRequest:
 
 Request = TextCommand | JsonRequest | ChatText
 
-_pack_header = struct.Struct(">I").pack
-assert struct.calcsize(">I") == HEADER_SIZE
 
 #: Longest string id accepted, so that an error reply (which echoes it) stays small.
 MAX_ID = 256
@@ -336,7 +333,7 @@ class ServerConnection:
             self.trace("out", payload)
         if self.kind == "lines":
             return payload + b"\n"
-        return _pack_header(len(payload)) + payload  # sizes are bounded by the callers
+        return pack_header(len(payload)) + payload  # sizes are bounded by the callers
 
     def reply(self, request: Request, result: Any) -> bytes:
         """The success reply to ``request``."""

@@ -48,11 +48,15 @@ __all__ = [
     "encode_delimited",
     "encode_fixed",
     "encode_length_prefixed",
+    "pack_header",
 ]
 
 _HEADER = struct.Struct(">I")
 HEADER_SIZE = _HEADER.size
 """Bytes in a length prefix: 4, as Java's ``DataOutputStream.writeInt`` writes."""
+
+pack_header = _HEADER.pack
+"""The 4-byte header for a payload of n bytes, unchecked: for callers that bounded n."""
 
 _MAX_HEADER_VALUE = 2**32 - 1
 

@@ -245,7 +245,7 @@ class Assistant:
 
         def live(delta: str) -> None:
             event = service.event("assistant", room=room, stream=stream, delta=delta)
-            for member in self._members(room):
+            for member in self.service.local_members(room):
                 # Only JSON clients: in text form each fragment would be a line of its own.
                 if member.form == "json":
                     member.push(event)
@@ -281,17 +281,9 @@ class Assistant:
             text=f"the assistant could not answer {nick}: {message}",
         )
         # The asker gets the error as its reply instead.
-        for member in self._members(room):
+        for member in self.service.local_members(room):
             if member is not asker:
                 member.push(event)
-
-    def _members(self, room: str) -> list[Session]:
-        service = self.service
-        # ChatService keeps its rooms' members to itself; every session records its
-        # room, and MessageService guards its table of sessions with _lock.
-        with service._lock:
-            sessions = list(service.sessions.values())
-        return [session for session in sessions if service.room_of(session) == room]
 
     def _forget(self, task: asyncio.Task[str]) -> None:
         self._pending.discard(task)

@@ -219,6 +219,10 @@ class ChatService(MessageService):
         """Push ``event`` to the room's members without keeping it (progress, notices)."""
         self.hub.publish(room, event, keep=False)
 
+    def local_members(self, room: str) -> list[Session]:
+        """The room's members connected to this server (not those of other servers)."""
+        return self.hub.members_of(room)
+
     @staticmethod
     def nick_of(session: Session) -> str:
         """The session's nickname."""

@@ -173,6 +173,10 @@ class Hub(ABC):
         """
 
     @abstractmethod
+    def members_of(self, room: str) -> list[Session]:
+        """The room's members connected to this process."""
+
+    @abstractmethod
     def recent(self, room: str, count: int) -> list[dict[str, Any]]:
         """The last ``count`` events of ``room`` this process has, oldest first, at once."""
 

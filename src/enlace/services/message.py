@@ -133,20 +133,16 @@ class _MessageHandler(StreamHandler):
 
     def _serve(self, item: Request | BadRequest) -> None:
         protocol, service = self._protocol, self._service
-        kind = type(item)  # exact types: the hottest test in the server, TextCommand first
-        if kind is BadRequest:
-            assert isinstance(item, BadRequest)
+        if isinstance(item, BadRequest):
             self.transport.write(protocol.error(item, item.code, item.message))
             if item.fatal:
                 self._close()
             return
         args: list[Any]
-        if kind is ChatText:
-            assert isinstance(item, ChatText)
+        if isinstance(item, ChatText):
             command, args = service.text_command, [item.text]
         else:
-            assert isinstance(item, TextCommand | JsonRequest)
-            name = item.name if kind is TextCommand else item.cmd  # type: ignore[union-attr]
+            name = item.name if isinstance(item, TextCommand) else item.cmd
             found = service.commands.get(name)
             if found is None:
                 shown = name if len(name) <= 40 else name[:40] + "…"

@@ -341,6 +341,9 @@ class RedisHub(Hub):
             raise _busy()
         self.local.deliver(room, event)  # a notice still reaches this server's members
 
+    def members_of(self, room: str) -> list[Session]:
+        return self.local.members_of(room)
+
     def recent(self, room: str, count: int) -> list[dict[str, Any]]:
         return self.local.recent(room, count)
 
