@@ -17,6 +17,10 @@ __all__ = [
     "FLOOD_MAX_REFUSALS",
     "FLOOD_RATE",
     "FLOOD_WINDOW",
+    "HUB_HEARTBEAT",
+    "HUB_MAX_BACKOFF",
+    "HUB_PRESENCE_TTL",
+    "HUB_TIMEOUT",
     "IDLE_TIMEOUT",
     "MAX_AI_ANSWER",
     "MAX_AI_CONTEXT",
@@ -29,6 +33,7 @@ __all__ = [
     "MAX_EVENTS",
     "MAX_FRAME",
     "MAX_HISTORY",
+    "MAX_HUB_PENDING",
     "MAX_JSON",
     "MAX_JSON_DEPTH",
     "MAX_LINE",
@@ -40,6 +45,7 @@ __all__ = [
     "READ_SIZE",
     "REQUEST_TIMEOUT",
     "SLOW_TIMEOUT",
+    "STORE_BUSY_TIMEOUT",
     "WRITE_BUFFER_HIGH",
 ]
 
@@ -174,3 +180,26 @@ MAX_AI_LINE = 256 * 1024
 # Answers in progress at once on one server: an endpoint serves a few streams at a
 # time, and more would only queue there while holding connections here.
 MAX_AI_PENDING = 8
+
+# Every call to the chat's Redis hub gives up after this many seconds: a Redis on the
+# same network answers in a millisecond, so two seconds means it is gone or stalled.
+HUB_TIMEOUT = 2.0
+
+# Reconnecting to the hub waits 50 ms, then twice as long each time, up to this: a
+# restarted Redis is found within two seconds, and a dead one costs one try every two.
+HUB_MAX_BACKOFF = 2.0
+
+# Hub operations waiting for the hub's thread. Only a Redis slower than the server
+# fills the queue; past it, operations are refused (hub_busy), not held in memory.
+MAX_HUB_PENDING = 10_000
+
+# How often a server tells the hub it lives, and how long its members and nicks
+# outlast its silence: a crashed server's people leave /who within HUB_PRESENCE_TTL
+# seconds, and a live one would have to miss several beats in a row to be taken for dead.
+HUB_HEARTBEAT = 1.0
+HUB_PRESENCE_TTL = 5.0
+
+# How long a chat history write waits for another process holding the SQLite write
+# lock (someone running `sqlite3 chat.sqlite3` and a transaction by hand). Short,
+# because the asyncio runtime waits on its event loop; one server per DIR never waits.
+STORE_BUSY_TIMEOUT = 1.0

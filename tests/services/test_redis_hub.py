@@ -306,3 +306,32 @@ def test_a_hub_keeps_the_history_so_it_excludes_a_store():
         ChatService(hub=hub, store=MemoryStore())
     with pytest.raises(ValueError, match="the hub keeps the history"):
         ChatService(hub=hub, max_history=5)
+
+
+def test_a_stalled_hub_refuses_with_hub_busy_instead_of_queueing_without_bound(serve, redis_server):
+    # A client's requests are served one at a time, so it takes many clients at once
+    # to fill the hub's queue: 20 people speak while Redis takes no writes.
+    hub = RedisHub(redis_server.url, heartbeat=0.2, presence_ttl=1.0, max_pending=8).start()
+    try:
+        address = serve(ChatService(hub=hub, flood_burst=None)).address
+        people = [Person(address, f"p{n}") for n in range(20)]
+        admin = redis_server.client()
+        admin.execute_command("CLIENT", "PAUSE", "1500", "WRITE")
+        for person in people:
+            person.send("linea")
+        outcomes = []
+        for n, person in enumerate(people):
+            while True:
+                line = person.line()
+                if line.startswith("ERR hub_busy: ") or line == f"[general] p{n}: linea":
+                    outcomes.append(line.startswith("ERR"))
+                    break
+        assert any(outcomes), "a stalled hub must refuse, not queue without bound"
+        assert not all(outcomes)  # what the queue held was delivered once Redis woke up
+        admin.execute_command("CLIENT", "UNPAUSE")
+        people[0].send("de nuevo")
+        assert people[1].until("de nuevo")[-1] == "[general] p0: de nuevo"  # and it recovers
+        for person in people:
+            person.close()
+    finally:
+        hub.close()

@@ -37,7 +37,7 @@ posted when complete, reaches everyone.
 
 **Presence** is a hash per server (session -> room and nick) that expires unless
 the server's heartbeat keeps it alive, beside a key saying the server lives:
-the members of a crashed server leave ``/who`` within :data:`PRESENCE_TTL`
+the members of a crashed server leave ``/who`` within :data:`HUB_PRESENCE_TTL`
 seconds. ``/who`` and ``/rooms`` are one script that merges the hashes of the
 living servers, plus the rooms with history.
 
@@ -54,7 +54,7 @@ goes on as a :class:`~enlace.services.hub.LocalHub`: rooms, lines and private
 messages among its own clients, history from its copy of the recent messages.
 Changing nick is refused meanwhile (``hub_unreachable``): no server could check
 the name with the others, and two people would leave the outage with one name.
-The hub reconnects with a backoff of at most :data:`MAX_BACKOFF` seconds; then
+The hub reconnects with a backoff of at most :data:`HUB_MAX_BACKOFF` seconds; then
 it registers its members and nicks again, tells the clients (:data:`BACK`), and
 lines cross servers again. Should someone elsewhere have taken a name in the
 meantime (Redis restarted empty), its holder here becomes a guest and is told
@@ -73,33 +73,30 @@ from typing import Any
 
 import orjson
 
-from enlace.limits import MAX_HISTORY
+from enlace.limits import (
+    HUB_HEARTBEAT,
+    HUB_MAX_BACKOFF,
+    HUB_PRESENCE_TTL,
+    HUB_TIMEOUT,
+    MAX_HISTORY,
+    MAX_HUB_PENDING,
+)
 from enlace.logs import logger_for
 from enlace.protocol.nicknames import guest_nick, nick_key
 from enlace.services.commands import CommandError
 from enlace.services.hub import ChatHooks, Hub, LocalHub, settled
 from enlace.services.message import Session
-from enlace.services.redis_link import HUB_TIMEOUT, MAX_BACKOFF, MAX_PENDING, Op, RedisLink
+from enlace.services.redis_link import Op, RedisLink
 from enlace.services.redis_scripts import PREFIX as _P
 from enlace.services.redis_scripts import SCRIPTS
 from enlace.services.store import MemoryStore
 
 __all__ = [
     "BACK",
-    "HEARTBEAT",
-    "HUB_TIMEOUT",
-    "MAX_BACKOFF",
-    "MAX_PENDING",
-    "PRESENCE_TTL",
     "UNREACHABLE",
     "RedisHub",
 ]
 
-# How often a server tells Redis it lives, and how long its members and nicks outlast
-# its silence: a crashed server's people leave /who within PRESENCE_TTL seconds, and
-# a live server would have to miss several beats in a row to be taken for dead.
-HEARTBEAT = 1.0
-PRESENCE_TTL = 5.0
 # Events held for one joiner while its replay is read: a round trip's worth.
 _MAX_HELD = 1024
 # Guest numbers taken from the shared counter at a time.
@@ -143,10 +140,10 @@ class RedisHub(Hub):
         *,
         max_history: int = MAX_HISTORY,
         timeout: float = HUB_TIMEOUT,
-        heartbeat: float = HEARTBEAT,
-        presence_ttl: float = PRESENCE_TTL,
-        max_backoff: float = MAX_BACKOFF,
-        max_pending: int = MAX_PENDING,
+        heartbeat: float = HUB_HEARTBEAT,
+        presence_ttl: float = HUB_PRESENCE_TTL,
+        max_backoff: float = HUB_MAX_BACKOFF,
+        max_pending: int = MAX_HUB_PENDING,
     ) -> None:
         if presence_ttl < 2 * heartbeat:
             raise ValueError("presence_ttl must be at least two heartbeats")

@@ -38,20 +38,12 @@ import redis.exceptions
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from enlace.limits import HUB_MAX_BACKOFF, HUB_TIMEOUT, MAX_HUB_PENDING
 from enlace.services.commands import CommandError
 from enlace.services.hub import HubError
 
-__all__ = ["HUB_TIMEOUT", "MAX_BACKOFF", "MAX_PENDING", "Op", "RedisLink", "reason"]
+__all__ = ["Op", "RedisLink", "reason"]
 
-# Every Redis call gives up after this many seconds: a Redis on the same network
-# answers in a millisecond, so two seconds means it is gone or stalled.
-HUB_TIMEOUT = 2.0
-# Reconnecting waits 50 ms, then twice as long each time, up to this: a restarted
-# Redis is found within two seconds, and a dead one costs one attempt every two.
-MAX_BACKOFF = 2.0
-# Operations waiting for the link's thread. Only a Redis slower than the server fills
-# the queue; past it, operations are refused rather than held in memory.
-MAX_PENDING = 10_000
 # Batched operations in one pipeline: one round trip for a burst, and nothing else
 # waits behind an unbounded one.
 _MAX_BATCH = 256
@@ -163,8 +155,8 @@ class RedisLink:
         logger: logging.Logger,
         timeout: float = HUB_TIMEOUT,
         heartbeat: float = 1.0,
-        max_backoff: float = MAX_BACKOFF,
-        max_pending: int = MAX_PENDING,
+        max_backoff: float = HUB_MAX_BACKOFF,
+        max_pending: int = MAX_HUB_PENDING,
     ) -> None:
         self.url = url
         #: ``url`` without its password.

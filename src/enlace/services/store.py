@@ -32,7 +32,7 @@ from typing import Any, Self
 import orjson
 
 from enlace.exceptions import EnlaceError
-from enlace.limits import MAX_HISTORY
+from enlace.limits import MAX_HISTORY, STORE_BUSY_TIMEOUT
 
 __all__ = [
     "DATA_FILE",
@@ -49,10 +49,6 @@ DATA_FILE = "chat.sqlite3"
 #: The layout of :data:`DATA_FILE` this version reads and writes (SQLite's ``user_version``).
 SCHEMA_VERSION = 1
 
-# How long a write waits for another process holding the database's write lock
-# (someone running `sqlite3 chat.sqlite3` and a write transaction by hand). Short,
-# because the asyncio runtime waits on its event loop; one server per DIR never waits.
-_BUSY_TIMEOUT = 1.0
 
 # Version 1. `event` is the whole event as JSON, exactly as it was pushed, so that a
 # replay after a restart is the same event; ts, sender and text repeat its main fields
@@ -262,7 +258,7 @@ class SqliteStore(HistoryStore):
                 if path.exists() and not os.access(path, os.W_OK):
                     raise StoreError(f"{self._where('cannot open')}: {what} is not writable")
             db = sqlite3.connect(
-                self.path, timeout=_BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
+                self.path, timeout=STORE_BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
             )
             try:
                 self._prepare(db)
