@@ -15,7 +15,8 @@ The tree::
         ├── AddressError             cannot resolve or assign the address
         ├── ConnectionRefused        nothing listens there
         ├── ConnectionClosed         the peer went away while we needed it
-        └── Timeout                  a ``*_timeout`` ran out
+        ├── Timeout                  a ``*_timeout`` ran out
+        └── TLSError                 a certificate could not be loaded or a handshake failed
 
 Following h11, the two protocol error kinds say whose fault it is: a
 :class:`RemoteProtocolError` is answered with an error reply and usually a
@@ -56,6 +57,7 @@ __all__ = [
     "ProtocolError",
     "RemoteProtocolError",
     "RequestError",
+    "TLSError",
     "Timeout",
     "translate_oserror",
 ]
@@ -165,6 +167,16 @@ class Timeout(NetworkError):
     """A timeout ran out before the operation finished."""
 
     code = "timeout"
+
+
+class TLSError(NetworkError):
+    """TLS could not start: a certificate or key would not load, or a handshake failed.
+
+    The message says which, in one line: an untrusted or expired certificate, a
+    name that does not match, or a peer that does not speak TLS at all.
+    """
+
+    code = "tls_error"
 
 
 _BY_ERRNO: dict[int, type[NetworkError]] = {

@@ -40,12 +40,16 @@ __all__ = [
     "MAX_MARKS",
     "MAX_NICK",
     "MAX_OUTBOUND",
+    "MAX_PER_IP",
     "MAX_PIPELINE",
     "MAX_ROOMS",
+    "MAX_TOKEN",
     "READ_SIZE",
     "REQUEST_TIMEOUT",
     "SLOW_TIMEOUT",
     "STORE_BUSY_TIMEOUT",
+    "TLS_HANDSHAKE_TIMEOUT",
+    "TOKEN_FAIL_DELAY",
     "WRITE_BUFFER_HIGH",
 ]
 
@@ -203,3 +207,21 @@ HUB_PRESENCE_TTL = 5.0
 # lock (someone running `sqlite3 chat.sqlite3` and a transaction by hand). Short,
 # because the asyncio runtime waits on its event loop; one server per DIR never waits.
 STORE_BUSY_TIMEOUT = 1.0
+
+# A TLS handshake is two round trips and some arithmetic: milliseconds on a LAN, well
+# under a second across the world. Ten seconds covers a slow link; a client that
+# connects and says nothing (or a plain client waiting for us to speak) is cut then.
+TLS_HANDSHAKE_TIMEOUT = 10.0
+
+# Connections one IP address may hold at once: a classroom behind one NAT fits, and
+# one host alone cannot take every slot of the server (MAX_CONNECTIONS).
+MAX_PER_IP = 64
+
+# The first line or frame of a client of a server with --token: "/token SECRET", or
+# the same as a JSON request. 1 KiB holds any real secret; it also bounds what a
+# client that has not proven anything yet can make the server hold.
+MAX_TOKEN = 1024
+
+# Seconds between refusing a wrong token and closing: one guess per connection per
+# second, and with MAX_PER_IP at most 64 guesses a second from one address.
+TOKEN_FAIL_DELAY = 1.0

@@ -12,7 +12,7 @@ import logging
 
 from enlace.addresses import format_address
 
-__all__ = ["log_closed", "log_refused", "logger_for"]
+__all__ = ["log_closed", "log_handshake_failed", "log_refused", "logger_for"]
 
 
 def logger_for(service_name: str) -> logging.Logger:
@@ -43,3 +43,8 @@ def log_closed(
 def log_refused(logger: logging.Logger, peer: tuple[str, int], reason: str) -> None:
     """One line when a connection is turned away."""
     logger.warning("%s refused: %s", format_address(*peer), reason)
+
+
+def log_handshake_failed(logger: logging.Logger, peer: tuple[str, int], reason: str) -> None:
+    """One INFO line when a TLS handshake fails: clients get this wrong, servers need not shout."""
+    logger.info("%s TLS handshake failed: %s", format_address(*peer), reason)

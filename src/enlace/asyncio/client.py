@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl as _ssl
 from collections.abc import AsyncIterator, Callable
 from types import TracebackType
 from typing import Any
 
+from enlace.addresses import format_address
 from enlace.exceptions import (
     ConnectionClosed,
     RemoteProtocolError,
@@ -23,8 +25,9 @@ from enlace.exceptions import (
     Timeout,
     translate_oserror,
 )
-from enlace.limits import MAX_EVENTS, MAX_FRAME, REQUEST_TIMEOUT
+from enlace.limits import MAX_EVENTS, MAX_FRAME, REQUEST_TIMEOUT, TLS_HANDSHAKE_TIMEOUT
 from enlace.protocol.client import ClientConnection, Event, EventQueue, Reply, Text, as_event
+from enlace.tls import handshake_failure, resolve_context
 
 __all__ = ["Client"]
 
@@ -70,8 +73,16 @@ class Client:
         max_frame: int | None = MAX_FRAME,
         max_events: int = MAX_EVENTS,
         trace: Callable[[str, bytes], None] | None = None,
+        ssl: _ssl.SSLContext | bool | None = None,
+        server_hostname: str | None = None,
+        handshake_timeout: float | None = TLS_HANDSHAKE_TIMEOUT,
+        token: str | None = None,
     ) -> None:
         self.host, self.port = host, port
+        self._ssl = resolve_context(ssl)
+        self._server_hostname = server_hostname
+        self._handshake_timeout = handshake_timeout
+        self._token = token
         self.connect_timeout = connect_timeout
         self.request_timeout = request_timeout
         self.on_event = on_event
@@ -97,18 +108,36 @@ class Client:
     async def open(self) -> None:
         """Connect (``async with`` and :meth:`connect` call this)."""
         loop = asyncio.get_running_loop()
+        where = format_address(self.host, self.port)
+        tls: dict[str, Any] = {}
+        if self._ssl is not None:
+            tls = {
+                "ssl": self._ssl,
+                "server_hostname": self._server_hostname or self.host,
+                "ssl_handshake_timeout": self._handshake_timeout,
+            }
         try:
             async with asyncio.timeout(self.connect_timeout):
                 transport, _ = await loop.create_connection(
-                    lambda: _Listener(self), self.host, self.port
+                    lambda: _Listener(self), self.host, self.port, **tls
                 )
         except TimeoutError as exc:
-            raise Timeout(f"cannot connect to {self.host}:{self.port}: timed out") from exc
+            raise Timeout(f"cannot connect to {where}: timed out") from exc
+        except _ssl.SSLError as exc:
+            raise handshake_failure(exc, where) from exc
+        except (ConnectionResetError, ConnectionAbortedError) as exc:
+            if self._ssl is None:
+                raise translate_oserror(
+                    exc, action="connect to", host=self.host, port=self.port
+                ) from exc
+            raise handshake_failure(exc, where) from exc
         except OSError as exc:
             raise translate_oserror(
                 exc, action="connect to", host=self.host, port=self.port
             ) from exc
         self._transport = transport
+        if self._token is not None:
+            await self._present_token(self._token)
 
     @property
     def dropped_events(self) -> int:
@@ -202,6 +231,18 @@ class Client:
         await self.close()
 
     # -- internals -------------------------------------------------------------
+
+    async def _present_token(self, token: str) -> None:
+        # See enlace.sync.Client: first, as a JSON request, so a wrong token fails here.
+        try:
+            await self.request("token", token)
+        except RequestError as exc:
+            if exc.code != "unknown_command":
+                await self.close()
+                raise
+        except BaseException:
+            await self.close()
+            raise
 
     def _check_open(self) -> None:
         if self._transport is None:

@@ -10,13 +10,23 @@ during one callback leave in a single ``transport.write``. Backpressure is
 explicit: when a client does not read, its transport pauses writing and we
 pause reading from it, so a client that sends without reading cannot make the
 server buffer without bound.
+
+TLS (``ssl=``) is the event loop's own (uvloop's is in C), started by
+``connect_accepted_socket`` after a look at the client's first byte, so a
+plain client can be told ``ERR tls_required`` in clear text instead of
+failing a handshake it does not know it is in. A
+:class:`~enlace.policy.ConnectionPolicy` (allow-list, per-address cap) is
+checked before any handler exists.
 """
 
 from __future__ import annotations
 
 import asyncio
 import asyncio.selector_events
+import contextlib
 import logging
+import socket
+import ssl as _ssl
 import threading
 import time
 from collections.abc import Callable, Coroutine
@@ -30,13 +40,17 @@ from enlace.limits import (
     IDLE_TIMEOUT,
     MAX_CONNECTIONS,
     MAX_OUTBOUND,
+    MAX_PER_IP,
     READ_SIZE,
     SLOW_TIMEOUT,
+    TLS_HANDSHAKE_TIMEOUT,
     WRITE_BUFFER_HIGH,
 )
-from enlace.logs import log_closed, log_refused, logger_for
+from enlace.logs import log_closed, log_handshake_failed, log_refused, logger_for
+from enlace.policy import ConnectionPolicy
 from enlace.services.base import StreamHandler, StreamService
 from enlace.sockets import listen_tcp, peer_address
+from enlace.tls import is_tls_hello, tls_required_answer
 
 __all__ = ["Server"]
 
@@ -161,8 +175,17 @@ class _Connection(asyncio.BufferedProtocol):
             self._refused = True
             transport.abort()
             return
+        if not server.policy.allowed(self._peer[0]):
+            self._refused = True
+            log_refused(server.logger, self._peer, "not in the allow-list")
+            transport.abort()
+            return
         if server.max_connections is not None and server._active >= server.max_connections:
-            self._refuse()
+            self._refuse(f"too many connections (limit {server.max_connections})")
+            return
+        refused = server.policy.acquire(self._peer[0])
+        if refused is not None:
+            self._refuse(refused)
             return
         server._active += 1
         transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)
@@ -198,16 +221,22 @@ class _Connection(asyncio.BufferedProtocol):
         if self._closing:
             self._shut()
 
+    @property
+    def _keep_open_on_eof(self) -> bool:
+        # asyncio's TLS cannot half-close (it warns when asked to): a TLS connection
+        # ends once what the handler wrote so far is sent.
+        return self._server.ssl is None
+
     def eof_received(self) -> bool:
         self._eof = True
         if self._closing:
             if self._transport is not None:
                 self._transport.close()
-            return True
+            return self._keep_open_on_eof
         assert self._handler is not None
         self._call(self._handler.eof_received)
         # Keep the transport: the handler closes it once its replies are written.
-        return True
+        return self._keep_open_on_eof
 
     def pause_writing(self) -> None:
         self._pause("writing")
@@ -236,6 +265,7 @@ class _Connection(asyncio.BufferedProtocol):
         if self._refused:
             return
         server._active -= 1
+        server.policy.release(self._peer[0])
         if exc is not None and not self._reason.startswith("slow consumer"):
             self._reason = f"connection lost: {getattr(exc, 'strerror', None) or exc}"
         if self._handler is not None:
@@ -345,14 +375,18 @@ class _Connection(asyncio.BufferedProtocol):
         else:
             self._timer = self._loop.call_later(remaining, self._check_idle)
 
-    def _refuse(self) -> None:
+    def _refuse(self, reason: str) -> None:
         assert self._transport is not None
         self._refused = True
         self._closing = True
-        reason = f"too many connections (limit {self._server.max_connections})"
         log_refused(self._server.logger, self._peer, reason)
         self._transport.write(self._server.service.refusal(reason))
         self._shut()
+
+
+def _failure(exc: OSError) -> str:
+    reason = getattr(exc, "reason", None) or exc.strerror or str(exc)
+    return str(reason) if reason else f"connection lost ({type(exc).__name__})"
 
 
 class Server:
@@ -376,8 +410,21 @@ class Server:
         max_outbound: int | None = MAX_OUTBOUND,
         slow_timeout: float | None = SLOW_TIMEOUT,
         backlog: int = 128,
+        ssl: _ssl.SSLContext | None = None,
+        handshake_timeout: float | None = TLS_HANDSHAKE_TIMEOUT,
+        allow: list[str] | None = None,
+        max_per_ip: int | None = MAX_PER_IP,
+        policy: ConnectionPolicy | None = None,
     ) -> None:
         self.service = service
+        #: TLS context (see :func:`enlace.tls.server_context`); None serves plain TCP.
+        self.ssl = ssl
+        self.handshake_timeout = handshake_timeout
+        #: Who may connect; built from ``allow`` and ``max_per_ip`` unless given.
+        self.policy = policy or ConnectionPolicy(allow, max_per_ip=max_per_ip)
+        self._listener: socket.socket | None = None  # TLS: we accept ourselves
+        self._accepting: asyncio.Task[None] | None = None
+        self._handshakes: set[asyncio.Task[None]] = set()
         self.host = host
         self.port = port
         self.max_connections = max_connections
@@ -399,6 +446,8 @@ class Server:
     @property
     def address(self) -> tuple[str, int]:
         """The address actually listened on (the real port when 0 was asked for)."""
+        if self._listener is not None:
+            return peer_address(self._listener.getsockname())
         if self._server is None or not self._server.sockets:
             raise EnlaceError("the server is not started")
         return peer_address(self._server.sockets[0].getsockname())
@@ -410,12 +459,17 @@ class Server:
 
     async def start(self) -> None:
         """Listen and start accepting; returns once the port is open."""
-        if self._server is not None:
+        if self._server is not None or self._listener is not None:
             return
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
         self._stopped = asyncio.Event()
         sock = listen_tcp(self.host, self.port, backlog=self.backlog)
+        if self.ssl is not None:
+            sock.setblocking(False)
+            self._listener = sock
+            self._accepting = self._loop.create_task(self._accept_tls(sock))
+            return
         self._server = await self._loop.create_server(
             lambda: _Connection(self), sock=sock, backlog=self.backlog
         )
@@ -431,13 +485,14 @@ class Server:
 
         ``drain_timeout`` defaults to the server's; ``None`` waits for ever.
         """
-        if self._server is None:
+        if self._server is None and self._listener is None:
             return
         if drain_timeout is not None and drain_timeout < 0:
             drain_timeout = self.drain_timeout
         self._shutting_down = True
         await self._stop_accepting()
-        self._server.close()
+        if self._server is not None:
+            self._server.close()
         if self._connections:
             self._drained = asyncio.Event()
             try:
@@ -452,7 +507,8 @@ class Server:
                     except TimeoutError:
                         for connection in list(self._connections):
                             connection.abort()
-        await self._server.wait_closed()
+        if self._server is not None:
+            await self._server.wait_closed()
         assert self._stopped is not None
         self._stopped.set()
 
@@ -462,11 +518,105 @@ class Server:
         # asserts, the error is swallowed and the socket is left open, so the client
         # hangs. Stop watching the listening sockets first, then let one turn of the
         # loop set up what was already accepted (connection_made closes those).
+        if self._listener is not None:
+            await self._stop_accepting_tls(self._listener)
+            return
         assert self._server is not None
         if isinstance(self._loop, asyncio.selector_events.BaseSelectorEventLoop):
             for sock in self._server.sockets:
                 self._loop.remove_reader(sock.fileno())
             await asyncio.sleep(0)
+
+    # -- TLS: accepting, a look at the first byte, then the loop's handshake ---------
+
+    async def _stop_accepting_tls(self, listener: socket.socket) -> None:
+        tasks = [t for t in (self._accepting, *self._handshakes) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        listener.close()
+
+    async def _accept_tls(self, listener: socket.socket) -> None:
+        loop = self._loop
+        # Handshakes in progress are bounded like connections: each holds a socket.
+        max_handshakes = self.max_connections or MAX_CONNECTIONS
+        while True:
+            try:
+                sock, address = await loop.sock_accept(listener)
+            except OSError:
+                # Out of descriptors or memory: back off instead of spinning.
+                self.logger.exception("accept failed")
+                await asyncio.sleep(0.1)
+                continue
+            peer = peer_address(address)
+            if not self.policy.allowed(peer[0]):
+                log_refused(self.logger, peer, "not in the allow-list")
+                sock.close()
+                continue
+            if len(self._handshakes) >= max_handshakes:
+                log_refused(self.logger, peer, f"{max_handshakes} TLS handshakes in progress")
+                sock.close()
+                continue
+            task = loop.create_task(self._start_tls(sock, peer))
+            self._handshakes.add(task)
+            task.add_done_callback(self._handshakes.discard)
+
+    async def _start_tls(self, sock: socket.socket, peer: tuple[str, int]) -> None:
+        reason = "timed out"
+        try:
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            async with asyncio.timeout(self.handshake_timeout):
+                first = await self._peek(sock)
+            if not first:
+                reason = "closed before the TLS handshake"
+            elif not is_tls_hello(first):
+                reason = "a plain (not TLS) client"
+                await self._tell_plain_client(sock, first)
+            else:
+                await self._loop.connect_accepted_socket(
+                    lambda: _Connection(self),
+                    sock,
+                    ssl=self.ssl,
+                    ssl_handshake_timeout=self.handshake_timeout,
+                )
+                return
+        except TimeoutError:
+            pass
+        except OSError as exc:  # ssl.SSLError included
+            reason = _failure(exc)
+        except asyncio.CancelledError:
+            sock.close()
+            raise
+        sock.close()
+        log_handshake_failed(self.logger, peer, reason)
+
+    async def _peek(self, sock: socket.socket) -> bytes:
+        ready: asyncio.Future[None] = self._loop.create_future()
+        fd = sock.fileno()
+
+        def wake() -> None:
+            if not ready.done():
+                ready.set_result(None)
+
+        self._loop.add_reader(fd, wake)
+        try:
+            await ready
+        finally:
+            self._loop.remove_reader(fd)
+        return sock.recv(1, socket.MSG_PEEK)
+
+    async def _tell_plain_client(self, sock: socket.socket, first: bytes) -> None:
+        # Read what the client sent before answering, or closing with unread data
+        # would reset the connection and destroy our answer in its receive buffer.
+        with contextlib.suppress(BlockingIOError):
+            sock.recv(READ_SIZE)
+        await self._loop.sock_sendall(sock, tls_required_answer(first))
+        sock.shutdown(socket.SHUT_WR)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(_LINGER_TIMEOUT):
+                while await self._loop.sock_recv(sock, READ_SIZE):
+                    pass
 
     async def __aenter__(self) -> Server:
         await self.start()

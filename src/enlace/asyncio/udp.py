@@ -9,6 +9,7 @@ from typing import cast
 from enlace.exceptions import EnlaceError
 from enlace.limits import MAX_DATAGRAM
 from enlace.logs import logger_for
+from enlace.policy import ConnectionPolicy
 from enlace.services.base import DatagramService, answer_datagram
 from enlace.sockets import listen_udp, peer_address
 
@@ -27,6 +28,8 @@ class _Endpoint(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: tuple[str | object, int]) -> None:
         server = self._server
         peer = peer_address(addr)
+        if not server.policy.admit_datagram(peer, server.logger):
+            return
         try:
             reply = answer_datagram(server.service, data, peer, max_datagram=server.max_datagram)
         except Exception:
@@ -50,8 +53,12 @@ class DatagramServer:
         port: int = 0,
         *,
         max_datagram: int | None = MAX_DATAGRAM,
+        allow: list[str] | None = None,
+        policy: ConnectionPolicy | None = None,
     ) -> None:
         self.service = service
+        #: Which sources are answered (the per-address cap has no meaning for UDP).
+        self.policy = policy or ConnectionPolicy(allow, max_per_ip=None)
         self.host = host
         self.port = port
         self.max_datagram = max_datagram

@@ -1,4 +1,5 @@
-"""The ``enlace`` command: ``up``, ``serve NAME``, ``connect``, ``send``, ``shell``, ``chat``.
+"""The ``enlace`` command: ``up``, ``serve NAME``, ``connect``, ``send``, ``shell``, ``chat``,
+``cert``.
 
 Errors a user can cause (port in use, bad address, connection refused) print
 one line, ``enlace: <what went wrong>``, on standard error and exit 1; usage
@@ -8,20 +9,36 @@ errors exit 2. No traceback reaches the user for those.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
+import ssl as _ssl
 import sys
+from pathlib import Path
+from typing import Any
 
 from enlace import __version__
 from enlace.addresses import format_address, parse_address
 from enlace.cli.catalog import CATALOG, ServiceEntry
+from enlace.cli.cert import DEFAULT_DAYS, run_cert
 from enlace.cli.chat_client import run_chat
 from enlace.cli.connect import connect_tcp_stdio, connect_udp_stdio
 from enlace.cli.message import run_send, run_shell
-from enlace.cli.options import loop_option, optional_number, server_options
+from enlace.cli.options import (
+    access_options,
+    loop_option,
+    optional_number,
+    server_options,
+    tls_client_options,
+    tls_server_options,
+    token_option,
+)
 from enlace.cli.runner import Launch, Runtime, describe, loop_name, run_servers
 from enlace.exceptions import EnlaceError
-from enlace.limits import DRAIN_TIMEOUT, IDLE_TIMEOUT, MAX_DATAGRAM
+from enlace.limits import DRAIN_TIMEOUT, IDLE_TIMEOUT, MAX_DATAGRAM, MAX_PER_IP
 from enlace.services.chat import DEFAULT_ROOM
+from enlace.services.message import MessageService
+from enlace.services.token import TokenService
+from enlace.tls import client_context, server_context
 
 __all__ = ["main"]
 
@@ -72,6 +89,9 @@ def _parser() -> argparse.ArgumentParser:
         help="asyncio (one event loop) or threads (one thread per client); default asyncio",
     )
     loop_option(up)
+    access_options(up)
+    tls_server_options(up)
+    token_option(up, server=True)
     up.set_defaults(handler=_cmd_up)
 
     serve = commands.add_parser("serve", help="run one service", description="Run one service.")
@@ -93,6 +113,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     connect.add_argument("target", nargs="+", metavar="HOST PORT", help="HOST PORT or HOST:PORT")
     connect.add_argument("--udp", action="store_true", help="send each line as a UDP datagram")
+    tls_client_options(connect)
     connect.add_argument(
         "--wait",
         type=float,
@@ -131,6 +152,8 @@ def _parser() -> argparse.ArgumentParser:
         help="give up waiting for the reply after this long (default 10)",
     )
     send.add_argument("--trace", action="store_true", help="print every frame on standard error")
+    tls_client_options(send)
+    token_option(send, server=False)
     send.set_defaults(handler=_cmd_send)
 
     shell = commands.add_parser(
@@ -142,6 +165,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     shell.add_argument("address", metavar="HOST:PORT")
     shell.add_argument("--trace", action="store_true", help="print every frame on standard error")
+    tls_client_options(shell)
+    token_option(shell, server=False)
     shell.set_defaults(handler=_cmd_shell)
 
     chat = commands.add_parser(
@@ -168,21 +193,93 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="if the server does not answer at start-up, keep trying instead of exiting",
     )
+    tls_client_options(chat)
+    token_option(chat, server=False)
     chat.set_defaults(handler=_cmd_chat)
+
+    cert = commands.add_parser(
+        "cert",
+        parents=[common],
+        help="make a self-signed TLS certificate and key for local use",
+        description="Write enlace-cert.pem and enlace-key.pem: a self-signed certificate "
+        "for HOST... (default: localhost 127.0.0.1 ::1) and its key, then print the server "
+        "and client flags that use them. Self-signed is fine on your own machines and a LAN "
+        "whose clients get the file (--ca); for the public, use a public CA.",
+    )
+    cert.add_argument("hosts", nargs="*", metavar="HOST", help="names and addresses to certify")
+    cert.add_argument(
+        "--out", type=Path, default=Path("."), metavar="DIR", help="where to write (default .)"
+    )
+    cert.add_argument(
+        "--days",
+        type=int,
+        default=DEFAULT_DAYS,
+        help=f"how long it is valid (default {DEFAULT_DAYS})",
+    )
+    cert.add_argument("--force", action="store_true", help="replace existing files")
+    cert.set_defaults(handler=_cmd_cert)
     return parser
 
 
-def _launch(entry: ServiceEntry, args: argparse.Namespace, host: str, port: int) -> Launch:
+def _launch(
+    entry: ServiceEntry,
+    args: argparse.Namespace,
+    host: str,
+    port: int,
+    tls: _ssl.SSLContext | None,
+) -> Launch:
+    service = entry.build(args)
+    token = getattr(args, "token", None)
+    if token and isinstance(service, MessageService):
+        service = TokenService(service, token)
     return Launch(
         name=entry.name,
-        service=entry.build(args),
+        service=service,
         host=host,
         port=port,
         max_connections=getattr(args, "max_connections", "default"),
         idle_timeout=getattr(args, "idle_timeout", IDLE_TIMEOUT),
         drain_timeout=getattr(args, "drain_timeout", DRAIN_TIMEOUT),
         max_datagram=getattr(args, "max_datagram", MAX_DATAGRAM),
+        ssl=tls,
+        allow=getattr(args, "allow", None),
+        max_per_ip=getattr(args, "max_per_ip", MAX_PER_IP),
     )
+
+
+def _server_tls(args: argparse.Namespace) -> _ssl.SSLContext | None:
+    """The TLS context of ``--tls-cert/--tls-key``, loaded before anything listens."""
+    cert, key = getattr(args, "tls_cert", None), getattr(args, "tls_key", None)
+    if cert is None:
+        if key is not None:
+            raise EnlaceError("--tls-key needs --tls-cert")
+        return None
+    return server_context(cert, key)
+
+
+def _warn_if_open(args: argparse.Namespace) -> None:
+    """One line when a server is reachable from elsewhere with neither TLS nor a token."""
+    if getattr(args, "tls_cert", None) or getattr(args, "token", None):
+        return
+    host = args.host
+    try:
+        loopback = ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if not loopback:
+        print(
+            f"enlace: warning: listening on {host} without --tls-cert or --token: "
+            "traffic is plain text and anyone who reaches the port can use it",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+def _tls_hint(args: argparse.Namespace) -> str | None:
+    cert = getattr(args, "tls_cert", None)
+    if cert is None:
+        return None
+    return f"  tls: clients add --tls (and --ca {cert} if it is self-signed)"
 
 
 def _engine(runtime: Runtime, args: argparse.Namespace) -> str:
@@ -197,24 +294,34 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     runtime: Runtime = args.runtime
 
     def announce(started: list[tuple[Launch, tuple[str, int]]]) -> None:
+        _warn_if_open(args)
         for launch, address in started:
             print(f"enlace: {describe(launch, address, _engine(runtime, args))}", flush=True)
-            print(f"  try it: {entry.try_it.format(host=address[0], port=address[1])}", flush=True)
+            print(f"  try it: {_try_it(entry, address)}", flush=True)
+            if (hint := _tls_hint(args)) and launch.transport == "tcp":
+                print(hint, flush=True)
 
+    tls = _server_tls(args)
     return run_servers(
-        [_launch(entry, args, args.host, args.port)], runtime, announce, loop=args.loop
+        [_launch(entry, args, args.host, args.port, tls)], runtime, announce, loop=args.loop
     )
+
+
+def _try_it(entry: ServiceEntry, address: tuple[str, int]) -> str:
+    return entry.try_it.format(host=address[0], port=address[1], address=format_address(*address))
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
     runtime: Runtime = args.runtime
+    tls = _server_tls(args)
     launches = [
-        _launch(entry, args, args.host, 0 if args.any_port else entry.port)
+        _launch(entry, args, args.host, 0 if args.any_port else entry.port, tls)
         for entry in CATALOG.values()
         if entry.in_up
     ]
 
     def announce(started: list[tuple[Launch, tuple[str, int]]]) -> None:
+        _warn_if_open(args)
         rows = [("service", "listens on", "try it")]
         for launch, address in started:
             entry = CATALOG[launch.name]
@@ -222,13 +329,15 @@ def _cmd_up(args: argparse.Namespace) -> int:
                 (
                     launch.name,
                     f"{launch.transport} {format_address(*address)}",
-                    entry.try_it.format(host=address[0], port=address[1]),
+                    _try_it(entry, address),
                 )
             )
         widths = [max(len(row[i]) for row in rows) for i in range(2)]
         print(f"enlace is up ({_engine(runtime, args)} runtime):\n")
         for name, where, try_it in rows:
             print(f"  {name:<{widths[0]}}  {where:<{widths[1]}}  {try_it}")
+        if hint := _tls_hint(args):
+            print(f"\n{hint.strip()} (every tcp service)")
         print("\nCtrl-C stops everything.", flush=True)
 
     return run_servers(launches, runtime, announce, loop=args.loop)
@@ -251,6 +360,9 @@ def _cmd_connect(args: argparse.Namespace) -> int:
         print(f"enlace: {exc}", file=sys.stderr)
         return 2
     if args.udp:
+        if args.tls:
+            print("enlace: --tls is for TCP; UDP has no TLS here (DTLS)", file=sys.stderr)
+            return 2
         return connect_udp_stdio(
             host, port, stdin=sys.stdin.buffer, stdout=sys.stdout.buffer, wait=args.wait
         )
@@ -260,24 +372,55 @@ def _cmd_connect(args: argparse.Namespace) -> int:
         stdin=sys.stdin.buffer,
         stdout=sys.stdout.buffer,
         connect_timeout=args.connect_timeout,
+        **_client_tls(args),
     )
+
+
+def _client_tls(args: argparse.Namespace) -> dict[str, Any]:
+    """``ssl=`` and ``server_hostname=`` for a client, from ``--tls --ca --server-name``."""
+    if not args.tls:
+        if args.ca or args.server_name:
+            raise EnlaceError("--ca and --server-name need --tls")
+        return {}
+    return {"ssl": client_context(args.ca), "server_hostname": args.server_name}
+
+
+def _client_options(args: argparse.Namespace) -> dict[str, Any]:
+    return {**_client_tls(args), "token": args.token}
 
 
 def _cmd_send(args: argparse.Namespace) -> int:
     host, port = _address_or_usage(args.address)
     return run_send(
-        host, port, args.message, as_json=args.json, timeout=args.timeout, trace=args.trace
+        host,
+        port,
+        args.message,
+        as_json=args.json,
+        timeout=args.timeout,
+        trace=args.trace,
+        options=_client_options(args),
     )
 
 
 def _cmd_shell(args: argparse.Namespace) -> int:
     host, port = _address_or_usage(args.address)
-    return run_shell(host, port, trace=args.trace)
+    return run_shell(host, port, trace=args.trace, options=_client_options(args))
 
 
 def _cmd_chat(args: argparse.Namespace) -> int:
     host, port = _address_or_usage(args.address)
-    return run_chat(host, port, nick=args.nick, room=args.room, retry=args.retry)
+    return run_chat(
+        host,
+        port,
+        nick=args.nick,
+        room=args.room,
+        retry=args.retry,
+        options=_client_options(args),
+    )
+
+
+def _cmd_cert(args: argparse.Namespace) -> int:
+    return run_cert(args.hosts, out=args.out, days=args.days, force=args.force)
 
 
 def _address_or_usage(text: str) -> tuple[str, int]:

@@ -166,8 +166,11 @@ class ChatClient:
         nick: str,
         room: str = DEFAULT_ROOM,
         track_members: bool = True,
+        options: dict[str, Any] | None = None,
     ) -> None:
         self.host, self.port = host, port
+        #: More arguments of every Client it makes (``ssl``, ``server_hostname``, ``token``).
+        self.options = options or {}
         self.address = format_address(host, port)
         self.nick = _shown_nick(nick)
         self.room = _room_name(room)
@@ -306,6 +309,7 @@ class ChatClient:
             request_timeout=REQUEST_TIMEOUT,
             on_event=lambda event: self._on_event(link, event),
             on_close=lambda reason: self._on_close(link, reason),
+            **self.options,
         )
         link.client = client
         try:
@@ -526,10 +530,18 @@ class ChatClient:
                 self._sink(line)
 
 
-def run_chat(host: str, port: int, *, nick: str, room: str, retry: bool = False) -> int:
+def run_chat(
+    host: str,
+    port: int,
+    *,
+    nick: str,
+    room: str,
+    retry: bool = False,
+    options: dict[str, Any] | None = None,
+) -> int:
     """Run ``enlace chat``: the terminal client, or plain mode without a terminal."""
     terminal = sys.stdin.isatty()
-    chat = ChatClient(host, port, nick=nick, room=room, track_members=terminal)
+    chat = ChatClient(host, port, nick=nick, room=room, track_members=terminal, options=options)
 
     def waiting(text: str) -> None:
         print(f"enlace: {text}", file=sys.stderr, flush=True)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import ssl as _ssl
 import sys
 import threading
 import time
@@ -24,6 +25,7 @@ from enlace.addresses import format_address
 from enlace.exceptions import ConnectionRefused, translate_oserror
 from enlace.limits import MAX_DATAGRAM
 from enlace.sockets import connect_tcp
+from enlace.tls import TLSSocket, client_handshake
 
 __all__ = ["connect_tcp_stdio", "connect_udp_stdio"]
 
@@ -37,9 +39,24 @@ def connect_tcp_stdio(
     stdin: BinaryIO,
     stdout: BinaryIO,
     connect_timeout: float | None = 10.0,
+    ssl: _ssl.SSLContext | None = None,
+    server_hostname: str | None = None,
 ) -> int:
-    """Relay ``stdin`` to ``host:port`` and the replies to ``stdout``; return an exit code."""
-    sock = connect_tcp(host, port, timeout=connect_timeout)
+    """Relay ``stdin`` to ``host:port`` and the replies to ``stdout``; return an exit code.
+
+    With ``ssl``, over TLS (the server's name verified); end of input then sends
+    TLS's close_notify before the half-close.
+    """
+    raw = connect_tcp(host, port, timeout=connect_timeout)
+    sock: socket.socket | TLSSocket = raw
+    if ssl is not None:
+        sock = client_handshake(
+            raw,
+            ssl,
+            server_hostname=server_hostname or host,
+            timeout=connect_timeout,
+            where=format_address(host, port),
+        )
     failure: list[BaseException] = []
 
     def pump() -> None:

@@ -23,9 +23,19 @@ __all__ = ["run_send", "run_shell"]
 
 
 def run_send(
-    host: str, port: int, message: str, *, as_json: bool, timeout: float | None, trace: bool
+    host: str,
+    port: int,
+    message: str,
+    *,
+    as_json: bool,
+    timeout: float | None,
+    trace: bool,
+    options: dict[str, Any] | None = None,
 ) -> int:
-    """Send one request, print the reply; exit 1 on an error reply."""
+    """Send one request, print the reply; exit 1 on an error reply.
+
+    ``options`` go to :class:`~enlace.sync.Client` (``ssl``, ``server_hostname``, ``token``).
+    """
     request_id: Any = 1
     call: Callable[[Client], Any] = _typed_line(message)
     if as_json and message.lstrip().startswith("{"):
@@ -36,7 +46,7 @@ def run_send(
             return 2
     tracer = tracer_for_peer((host, port)) if trace else None
     with Client(
-        host, port, request_timeout=timeout, trace=tracer, on_event=lambda _: None
+        host, port, request_timeout=timeout, trace=tracer, on_event=lambda _: None, **options or {}
     ) as client:
         try:
             result = call(client)
@@ -85,10 +95,11 @@ def _history_file() -> Path | None:
     return path
 
 
-def run_shell(host: str, port: int, *, trace: bool) -> int:
+def run_shell(host: str, port: int, *, trace: bool, options: dict[str, Any] | None = None) -> int:
     """An interactive console; pushed events print above the line being typed."""
+    options = options or {}
     if not sys.stdin.isatty():
-        return _run_plain(host, port, trace=trace)
+        return _run_plain(host, port, trace=trace, options=options)
     # Imported here: prompt_toolkit takes a while to import, and only the shell needs it.
     from prompt_toolkit import PromptSession  # noqa: PLC0415
     from prompt_toolkit.history import FileHistory, InMemoryHistory  # noqa: PLC0415
@@ -110,7 +121,12 @@ def run_shell(host: str, port: int, *, trace: bool) -> int:
     with (
         patch_stdout(raw=True),
         Client(
-            host, port, trace=tracer, on_event=lambda e: print(render_event(e)), on_close=on_close
+            host,
+            port,
+            trace=tracer,
+            on_event=lambda e: print(render_event(e)),
+            on_close=on_close,
+            **options,
         ) as client,
     ):
         print(f"connected to {host}:{port}; /help lists the commands, Ctrl-D leaves")
@@ -138,7 +154,7 @@ def _run_line(client: Client, line: str) -> None:
         pass  # on_close has said why
 
 
-def _run_plain(host: str, port: int, *, trace: bool) -> int:
+def _run_plain(host: str, port: int, *, trace: bool, options: dict[str, Any]) -> int:
     """Without a terminal (a pipe, a script): the same, one line at a time."""
     tracer = tracer_for_peer((host, port)) if trace else None
     lock = threading.Lock()
@@ -148,7 +164,12 @@ def _run_plain(host: str, port: int, *, trace: bool) -> int:
             print(text, flush=True)
 
     with Client(
-        host, port, trace=tracer, on_event=lambda e: say(render_event(e)), on_close=lambda r: None
+        host,
+        port,
+        trace=tracer,
+        on_event=lambda e: say(render_event(e)),
+        on_close=lambda r: None,
+        **options,
     ) as client:
         for line in sys.stdin:
             if client.closed:

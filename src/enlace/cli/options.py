@@ -1,8 +1,10 @@
-"""Command-line options shared by every server: address, runtime, limits."""
+"""Command-line options shared by every server (address, runtime, limits, TLS, access)
+and by every client (TLS, token)."""
 
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Callable
 
 from enlace.limits import (
@@ -10,9 +12,34 @@ from enlace.limits import (
     IDLE_TIMEOUT,
     MAX_CONNECTIONS,
     MAX_CONNECTIONS_THREADS,
+    MAX_PER_IP,
 )
+from enlace.policy import parse_network
 
-__all__ = ["loop_option", "optional_number", "port_number", "server_options"]
+__all__ = [
+    "TOKEN_ENV",
+    "access_options",
+    "loop_option",
+    "network",
+    "optional_number",
+    "port_number",
+    "server_options",
+    "tls_client_options",
+    "tls_server_options",
+    "token_option",
+]
+
+#: The environment variable a token is read from when ``--token`` is absent.
+TOKEN_ENV = "ENLACE_TOKEN"  # noqa: S105 - the name of a variable, not a secret
+
+
+def network(text: str) -> str:
+    """An argparse type for ``--allow``: an address or a CIDR network."""
+    try:
+        parse_network(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def optional_number(kind: type[int] | type[float]) -> Callable[[str], int | float | None]:
@@ -71,8 +98,10 @@ def server_options(parser: argparse.ArgumentParser, *, default_port: int, udp: b
         help="asyncio (one event loop) or threads (one thread per client); default asyncio",
     )
     loop_option(parser)
+    access_options(parser, tcp=not udp)
     if udp:
         return
+    tls_server_options(parser)
     parser.add_argument(
         "--max-connections",
         type=optional_number(int),
@@ -94,4 +123,71 @@ def server_options(parser: argparse.ArgumentParser, *, default_port: int, udp: b
         default=DRAIN_TIMEOUT,
         metavar="SECONDS",
         help="on SIGINT/SIGTERM, how long open connections may finish (default 10)",
+    )
+
+
+def access_options(parser: argparse.ArgumentParser, *, tcp: bool = True) -> None:
+    """``--allow CIDR`` (repeatable) and, for TCP, ``--max-per-ip N``."""
+    parser.add_argument(
+        "--allow",
+        action="append",
+        type=network,
+        metavar="CIDR",
+        help="serve only clients from this address or network (e.g. 10.0.0.0/8, ::1); "
+        "repeatable; others are closed at once and logged (default: everyone)",
+    )
+    if tcp:
+        parser.add_argument(
+            "--max-per-ip",
+            type=optional_number(int),
+            default=MAX_PER_IP,
+            metavar="N",
+            help=f"connections one client address may hold at once; past it, the same "
+            f"'busy' reply as --max-connections (default {MAX_PER_IP}; 'none' disables)",
+        )
+
+
+def tls_server_options(parser: argparse.ArgumentParser) -> None:
+    """``--tls-cert FILE --tls-key FILE``: serve TLS."""
+    parser.add_argument(
+        "--tls-cert",
+        metavar="FILE",
+        help="serve TLS with this PEM certificate (chain); see 'enlace cert' for a local one",
+    )
+    parser.add_argument(
+        "--tls-key",
+        metavar="FILE",
+        help="the PEM private key of --tls-cert (default: read it from the --tls-cert file)",
+    )
+
+
+def tls_client_options(parser: argparse.ArgumentParser) -> None:
+    """``--tls``, ``--ca FILE`` and ``--server-name NAME``: connect with TLS."""
+    parser.add_argument(
+        "--tls", action="store_true", help="connect with TLS, verifying the server's certificate"
+    )
+    parser.add_argument(
+        "--ca",
+        metavar="FILE",
+        help="with --tls: trust the certificates in this PEM file (e.g. one made by "
+        "'enlace cert') instead of the system's trust store",
+    )
+    parser.add_argument(
+        "--server-name",
+        metavar="NAME",
+        help="with --tls: the name the certificate must carry (default: the HOST connected to)",
+    )
+
+
+def token_option(parser: argparse.ArgumentParser, *, server: bool) -> None:
+    """``--token SECRET``, defaulting to the ENLACE_TOKEN environment variable."""
+    if server:
+        text = (
+            "clients must send '/token SECRET' first (see docs/protocol.md); "
+            f"default: ${TOKEN_ENV} if set, else no token"
+        )
+    else:
+        text = f"present this token first (default: ${TOKEN_ENV} if set)"
+    parser.add_argument(
+        "--token", default=os.environ.get(TOKEN_ENV) or None, metavar="SECRET", help=text
     )

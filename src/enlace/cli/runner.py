@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import ssl as _ssl
 import sys
 import threading
 from collections.abc import Callable
@@ -19,7 +20,7 @@ import enlace.asyncio
 import enlace.sync
 from enlace.addresses import format_address
 from enlace.exceptions import EnlaceError
-from enlace.limits import MAX_CONNECTIONS, MAX_CONNECTIONS_THREADS
+from enlace.limits import MAX_CONNECTIONS, MAX_CONNECTIONS_THREADS, MAX_PER_IP
 from enlace.services import DatagramService, StreamService
 
 __all__ = ["Launch", "Runtime", "describe", "event_loop_factory", "loop_name", "run_servers"]
@@ -40,6 +41,9 @@ class Launch:
     idle_timeout: float | None = None
     drain_timeout: float | None = None
     max_datagram: int | None = None
+    ssl: _ssl.SSLContext | None = None
+    allow: list[str] | None = None
+    max_per_ip: int | None = MAX_PER_IP
 
     @property
     def transport(self) -> str:
@@ -49,7 +53,11 @@ class Launch:
 def _build_sync(launch: Launch) -> enlace.sync.Server | enlace.sync.DatagramServer:
     if isinstance(launch.service, DatagramService):
         return enlace.sync.DatagramServer(
-            launch.service, launch.host, launch.port, max_datagram=launch.max_datagram
+            launch.service,
+            launch.host,
+            launch.port,
+            max_datagram=launch.max_datagram,
+            allow=launch.allow,
         )
     return enlace.sync.Server(
         launch.service, launch.host, launch.port, **_stream_limits(launch, MAX_CONNECTIONS_THREADS)
@@ -59,7 +67,11 @@ def _build_sync(launch: Launch) -> enlace.sync.Server | enlace.sync.DatagramServ
 def _build_async(launch: Launch) -> enlace.asyncio.Server | enlace.asyncio.DatagramServer:
     if isinstance(launch.service, DatagramService):
         return enlace.asyncio.DatagramServer(
-            launch.service, launch.host, launch.port, max_datagram=launch.max_datagram
+            launch.service,
+            launch.host,
+            launch.port,
+            max_datagram=launch.max_datagram,
+            allow=launch.allow,
         )
     return enlace.asyncio.Server(
         launch.service, launch.host, launch.port, **_stream_limits(launch, MAX_CONNECTIONS)
@@ -72,6 +84,9 @@ def _stream_limits(launch: Launch, default_cap: int) -> dict[str, Any]:
         "max_connections": cap,
         "idle_timeout": launch.idle_timeout,
         "drain_timeout": launch.drain_timeout,
+        "ssl": launch.ssl,
+        "allow": launch.allow,
+        "max_per_ip": launch.max_per_ip,
     }
 
 

@@ -5,6 +5,12 @@ of client threads is bounded by a semaphore (a client past the cap gets the
 service's "busy" refusal), silent clients are closed at the idle timeout, and
 :meth:`Server.shutdown` stops accepting, lets connections finish for up to
 ``drain_timeout`` seconds, then closes the rest.
+
+With ``ssl``, each connection's thread runs the TLS handshake (bounded by
+``handshake_timeout``) before the handler exists, over
+:class:`enlace.tls.TLSSocket`; a plain client is told ``ERR tls_required``.
+A :class:`~enlace.policy.ConnectionPolicy` (allow-list, per-address cap) is
+checked on accept, before any thread or handler.
 """
 
 from __future__ import annotations
@@ -14,27 +20,32 @@ import contextlib
 import logging
 import selectors
 import socket
+import ssl as _ssl
 import struct
 import threading
 import time
 from collections.abc import Callable, Coroutine
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 
 from enlace.addresses import format_address
-from enlace.exceptions import EnlaceError
+from enlace.exceptions import EnlaceError, TLSError
 from enlace.limits import (
     DRAIN_TIMEOUT,
     IDLE_TIMEOUT,
     MAX_CONNECTIONS_THREADS,
     MAX_OUTBOUND,
+    MAX_PER_IP,
     READ_SIZE,
     SLOW_TIMEOUT,
+    TLS_HANDSHAKE_TIMEOUT,
 )
-from enlace.logs import log_closed, log_refused, logger_for
+from enlace.logs import log_closed, log_handshake_failed, log_refused, logger_for
+from enlace.policy import ConnectionPolicy
 from enlace.services.base import StreamHandler, StreamService
 from enlace.sockets import listen_tcp, peer_address
 from enlace.sync.outbound import Outbound
+from enlace.tls import TLSSocket, server_handshake
 
 __all__ = ["Server"]
 
@@ -288,8 +299,18 @@ class Server:
         max_outbound: int | None = MAX_OUTBOUND,
         slow_timeout: float | None = SLOW_TIMEOUT,
         backlog: int = 128,
+        ssl: _ssl.SSLContext | None = None,
+        handshake_timeout: float | None = TLS_HANDSHAKE_TIMEOUT,
+        allow: list[str] | None = None,
+        max_per_ip: int | None = MAX_PER_IP,
+        policy: ConnectionPolicy | None = None,
     ) -> None:
         self.service = service
+        #: TLS context (see :func:`enlace.tls.server_context`); None serves plain TCP.
+        self.ssl = ssl
+        self.handshake_timeout = handshake_timeout
+        #: Who may connect; built from ``allow`` and ``max_per_ip`` unless given.
+        self.policy = policy or ConnectionPolicy(allow, max_per_ip=max_per_ip)
         self.host = host
         self.port = port
         self.max_connections = max_connections
@@ -304,6 +325,8 @@ class Server:
             threading.BoundedSemaphore(max_connections) if max_connections is not None else None
         )
         self._connections: set[_Connection] = set()
+        self._starting = 0  # threads handshaking, not yet in _connections
+        self._tls_refusals = 0
         self._idle = threading.Condition()
         self._wake_r, self._wake_w = socket.socketpair()
         self._accept_thread: threading.Thread | None = None
@@ -352,7 +375,7 @@ class Server:
             self._accept_thread = None
         deadline = None if drain_timeout is None else time.monotonic() + drain_timeout
         with self._idle:
-            while self._connections:
+            while self._connections or self._starting:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     break
@@ -437,8 +460,20 @@ class Server:
                 self.logger.exception("accept failed")
                 return False
             peer = peer_address(address)
-            if self._slots is not None and not self._slots.acquire(blocking=False):
-                self._refuse(sock, peer, selector, lingering)
+            if not self.policy.allowed(peer[0]):
+                log_refused(self.logger, peer, "not in the allow-list")
+                sock.close()
+                continue
+            refused = self.policy.acquire(peer[0])
+            if (
+                refused is None
+                and self._slots is not None
+                and not self._slots.acquire(blocking=False)
+            ):
+                self.policy.release(peer[0])
+                refused = f"too many connections (limit {self.max_connections})"
+            if refused is not None:
+                self._refuse(sock, peer, selector, lingering, refused)
                 continue
             self._begin(sock, peer)
         return True
@@ -449,9 +484,12 @@ class Server:
         peer: tuple[str, int],
         selector: selectors.BaseSelector,
         lingering: dict[socket.socket, float],
+        reason: str,
     ) -> None:
-        reason = f"too many connections (limit {self.max_connections})"
         log_refused(self.logger, peer, reason)
+        if self.ssl is not None:
+            self._refuse_tls(sock, peer, reason)
+            return
         sock.setblocking(False)
         try:
             sock.send(self.service.refusal(reason))
@@ -464,6 +502,41 @@ class Server:
             return
         lingering[sock] = time.monotonic() + _LINGER_TIMEOUT
         selector.register(sock, selectors.EVENT_READ, "linger")
+
+    def _refuse_tls(self, sock: socket.socket, peer: tuple[str, int], reason: str) -> None:
+        # The refusal must be encrypted to be read, so it costs a handshake: done on
+        # a short-lived thread, at most _MAX_LINGERING_REFUSALS at once (past that,
+        # a plain close), so a flood cannot make threads without bound.
+        with self._idle:
+            if self._tls_refusals >= _MAX_LINGERING_REFUSALS:
+                sock.close()
+                return
+            self._tls_refusals += 1
+
+        def refuse() -> None:
+            try:
+                tls = self._handshake(sock, peer)
+                if tls is not None:
+                    with contextlib.suppress(OSError):
+                        tls.sendall(self.service.refusal(reason))
+                        tls.shutdown(socket.SHUT_WR)
+                        tls.raw.settimeout(_LINGER_TIMEOUT)
+                        tls.raw.recv(READ_SIZE)
+            finally:
+                sock.close()
+                with self._idle:
+                    self._tls_refusals -= 1
+
+        threading.Thread(target=refuse, name="enlace-refuse", daemon=True).start()
+
+    def _handshake(self, sock: socket.socket, peer: tuple[str, int]) -> TLSSocket | None:
+        """Run the server side of the TLS handshake on ``sock``; None if it failed (logged)."""
+        assert self.ssl is not None
+        try:
+            return server_handshake(sock, self.ssl, timeout=self.handshake_timeout)
+        except TLSError as exc:
+            log_handshake_failed(self.logger, peer, str(exc))
+            return None
 
     @staticmethod
     def _discard(
@@ -481,32 +554,50 @@ class Server:
             sock.close()
 
     def _begin(self, sock: socket.socket, peer: tuple[str, int]) -> None:
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            handler = self.service.handler()
-        except Exception:
-            self.logger.exception("could not set up a connection from %s", format_address(*peer))
-            sock.close()
-            if self._slots is not None:
-                self._slots.release()
-            return
-        connection = _Connection(self, sock, peer, handler)
         with self._idle:
-            self._connections.add(connection)
+            self._starting += 1
         thread = threading.Thread(
             target=self._serve,
-            args=(connection,),
+            args=(sock, peer),
             name=f"enlace-{self.service.name}-{peer[0]}:{peer[1]}",
             daemon=True,
         )
         thread.start()
 
-    def _serve(self, connection: _Connection) -> None:
+    def _setup(self, sock: socket.socket, peer: tuple[str, int]) -> _Connection | None:
+        # On the connection's own thread, so a slow TLS handshake holds up no one else.
         try:
-            connection.run()
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            stream: socket.socket | TLSSocket = sock
+            if self.ssl is not None:
+                tls = self._handshake(sock, peer)
+                if tls is None:
+                    sock.close()
+                    return None
+                stream = tls
+            handler = self.service.handler()
+        except Exception:
+            self.logger.exception("could not set up a connection from %s", format_address(*peer))
+            sock.close()
+            return None
+        # A TLSSocket has every socket method the connection and Outbound use.
+        return _Connection(self, cast(socket.socket, stream), peer, handler)
+
+    def _serve(self, sock: socket.socket, peer: tuple[str, int]) -> None:
+        connection = None
+        try:
+            connection = self._setup(sock, peer)
+            with self._idle:
+                self._starting -= 1
+                if connection is not None:
+                    self._connections.add(connection)
+            if connection is not None:
+                connection.run()
         finally:
             if self._slots is not None:
                 self._slots.release()
+            self.policy.release(peer[0])
             with self._idle:
-                self._connections.discard(connection)
+                if connection is not None:
+                    self._connections.discard(connection)
                 self._idle.notify_all()

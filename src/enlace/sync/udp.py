@@ -16,6 +16,7 @@ from types import TracebackType
 from enlace.exceptions import EnlaceError
 from enlace.limits import MAX_DATAGRAM
 from enlace.logs import logger_for
+from enlace.policy import ConnectionPolicy
 from enlace.services.base import DatagramService, answer_datagram
 from enlace.sockets import listen_udp, peer_address
 
@@ -34,8 +35,12 @@ class DatagramServer:
         port: int = 0,
         *,
         max_datagram: int | None = MAX_DATAGRAM,
+        allow: list[str] | None = None,
+        policy: ConnectionPolicy | None = None,
     ) -> None:
         self.service = service
+        #: Which sources are answered (the per-address cap has no meaning for UDP).
+        self.policy = policy or ConnectionPolicy(allow, max_per_ip=None)
         self.host = host
         self.port = port
         self.max_datagram = max_datagram
@@ -120,6 +125,8 @@ class DatagramServer:
                 self.logger.debug("recvfrom failed: %s", exc)
                 continue
             peer = peer_address(address)
+            if not self.policy.admit_datagram(peer, self.logger):
+                continue
             try:
                 reply = answer_datagram(
                     self.service, bytes(buffer[:size]), peer, max_datagram=self.max_datagram

@@ -1,0 +1,120 @@
+"""The token step of a message server started with ``--token``: sans-I/O.
+
+A client's first payload must be the ``/token SECRET`` command, as a text line,
+as a frame, or as the same command in JSON
+(``{"id": 1, "cmd": "token", "args": ["SECRET"]}``); it is the protocol's own
+command syntax, so ``nc`` users type it and JSON clients get an id'ed reply.
+:class:`TokenGate` holds the bytes until that first payload is complete
+(at most ``max_token`` of them), compares the secret in constant time, and
+says what to answer and which bytes (those after the token) belong to the
+service behind it. Nothing else of the client reaches the service before.
+"""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass
+
+from enlace.limits import MAX_TOKEN
+from enlace.protocol.envelope import (
+    BadRequest,
+    JsonRequest,
+    ServerConnection,
+    TextCommand,
+    parse_payload,
+)
+
+__all__ = ["TokenGate", "Verdict"]
+
+_HEADER = 4
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What the gate decided about a client."""
+
+    accepted: bool
+    #: The answer to send: the token's reply, or the error before the close.
+    reply: bytes
+    #: Bytes the client sent after its token, for the service behind the gate.
+    rest: bytes = b""
+    #: Why it was refused, for the log; empty when accepted.
+    reason: str = ""
+
+
+class TokenGate:
+    """Checks one client's first payload against the server's token."""
+
+    def __init__(self, token: str, *, max_token: int | None = MAX_TOKEN) -> None:
+        if not token:
+            raise ValueError("the token must not be empty")
+        self._token = token.encode()
+        self.max_token = max_token
+        self._buffer = bytearray()
+        # Only for encoding the answer in the client's kind (frame or line) and form.
+        self._wire = ServerConnection(max_frame=None)
+        #: The verdict, once there is one; later bytes are not the gate's business.
+        self.verdict: Verdict | None = None
+
+    def receive(self, data: bytes) -> Verdict | None:
+        """Feed the client's bytes; return the verdict once the first payload is complete."""
+        if self.verdict is not None:
+            return self.verdict
+        self._buffer += data
+        wire = self._wire
+        if not wire.detect(bytes(self._buffer[:1])):
+            return None
+        limit = self.max_token
+        if wire.kind == "framed":
+            if len(self._buffer) < _HEADER:
+                return None
+            size = int.from_bytes(self._buffer[:_HEADER], "big")
+            if limit is not None and size > limit:
+                return self._refuse(None, "token_too_long", f"the first frame is over {limit} B")
+            if len(self._buffer) < _HEADER + size:
+                return None
+            payload, rest = self._buffer[_HEADER : _HEADER + size], self._buffer[_HEADER + size :]
+        else:
+            end = self._buffer.find(b"\n", 0, None if limit is None else limit + 2)
+            if end == -1:
+                if limit is not None and len(self._buffer) > limit + 1:
+                    return self._refuse(None, "token_too_long", f"the first line is over {limit} B")
+                return None
+            payload, rest = self._buffer[:end].rstrip(b"\r"), self._buffer[end + 1 :]
+        return self._check(bytes(payload), bytes(rest))
+
+    def _check(self, payload: bytes, rest: bytes) -> Verdict:
+        request = parse_payload(payload, max_json=self.max_token)
+        secret: object = None
+        if isinstance(request, TextCommand) and request.name == "token":
+            secret = request.rest
+        elif isinstance(request, JsonRequest) and request.cmd == "token":
+            secret = request.line if request.line is not None else request.args[:1] or [None]
+            secret = secret[0] if isinstance(secret, list) else secret
+        else:
+            form_request = request if isinstance(request, JsonRequest | BadRequest) else None
+            return self._refuse(
+                form_request,
+                "token_required",
+                'this server needs a token first: send "/token SECRET"',
+                "no token",
+            )
+        given = secret.encode() if isinstance(secret, str) else b""
+        # Constant time: how long the comparison takes says nothing about the secret.
+        if not hmac.compare_digest(given, self._token):
+            return self._refuse(request, "bad_token", "wrong token", "wrong token")
+        self.verdict = Verdict(True, self._wire.reply(request, "token accepted"), rest)
+        self._buffer.clear()
+        return self.verdict
+
+    def _refuse(
+        self,
+        request: JsonRequest | TextCommand | BadRequest | None,
+        code: str,
+        message: str,
+        reason: str = "",
+    ) -> Verdict:
+        reply = self._wire.error(request, code, message)
+        self.verdict = Verdict(False, reply, reason=reason or message)
+        self._buffer.clear()
+        return self.verdict
