@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from enlace.cli.options import optional_number
+from enlace.cli.options import optional_number, token_option
 from enlace.cli.trace import print_trace
 from enlace.limits import MAX_DATAGRAM, MAX_FRAME, MAX_LINE
 from enlace.services import (
@@ -89,6 +89,7 @@ def _udp_options(parser: argparse.ArgumentParser) -> None:
 
 def _message_server_options(parser: argparse.ArgumentParser) -> None:
     _max_frame_option(parser, "")
+    token_option(parser, server=True)
     parser.add_argument(
         "--max-line",
         type=optional_number(int),

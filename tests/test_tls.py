@@ -1,0 +1,251 @@
+"""TLS on both runtimes (and uvloop): every service, both clients, and every way it fails.
+
+Certificates come from trustme (a throwaway CA made in the test); the clients
+are Python's own ssl module and enlace's two Client classes. After each
+failure, a good client is served, so a failure never costs the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import select
+import socket
+import ssl
+import threading
+import time
+
+import pytest
+import trustme
+
+import enlace.asyncio
+import enlace.sync
+from enlace.exceptions import TLSError
+from enlace.services import EchoService, GreetService, UpperService
+from enlace.services.message import MessageService
+from enlace.tls import TLSSocket, client_context, server_context, tls_required_answer
+from tests.conftest import connect, read_exactly, read_to_eof
+
+CA = trustme.CA()
+OTHER_CA = trustme.CA()
+CERT = CA.issue_cert("localhost", "127.0.0.1", "::1")
+
+
+def server_ssl(cert: trustme.LeafCert = CERT) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    cert.configure_cert(context)
+    return context
+
+
+def client_ssl(ca: trustme.CA = CA) -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    return context
+
+
+def tls_connect(address: tuple[str, int], name: str = "localhost") -> ssl.SSLSocket:
+    sock = client_ssl().wrap_socket(connect(address), server_hostname=name)
+    sock.settimeout(5)
+    return sock
+
+
+def sync_client(address: tuple[str, int], **options: object) -> enlace.sync.Client:
+    return enlace.sync.Client(*address, ssl=client_ssl(), server_hostname="localhost", **options)
+
+
+def assert_echo_still_serves(address: tuple[str, int]) -> None:
+    with tls_connect(address) as sock:
+        sock.sendall(b"still here\n")
+        assert read_exactly(sock, 11) == b"still here\n"
+
+
+# -- every service, both runtimes ------------------------------------------------------
+
+
+def test_echo_over_tls_streams_both_ways(serve, runtime):
+    server = serve(EchoService(), ssl=server_ssl())
+    payload = bytes(range(256)) * 16 * 1024  # 4 MiB: the sender's partial writes are exercised
+    with tls_connect(server.address) as sock:
+        assert sock.version() in ("TLSv1.2", "TLSv1.3")
+        received = bytearray()
+
+        def read() -> None:
+            while len(received) < len(payload):
+                chunk = sock.recv(256 * 1024)
+                if not chunk:
+                    return
+                received.extend(chunk)
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        sock.sendall(payload)
+        reader.join(20)
+        assert bytes(received) == payload
+
+
+def test_upper_and_greet_over_tls(serve):
+    upper = serve(UpperService(), ssl=server_ssl())
+    with tls_connect(upper.address) as sock:
+        sock.sendall("hola señor\n".encode())
+        assert read_exactly(sock, len("HOLA SEÑOR\n".encode())) == "HOLA SEÑOR\n".encode()
+    greet = serve(GreetService(), ssl=server_ssl())
+    with tls_connect(greet.address) as sock:
+        assert read_to_eof(sock) == b"0. Hola nuevo amigo!\n"
+
+
+def test_message_server_over_tls_with_both_clients(serve, runtime):
+    server = serve(MessageService(), ssl=server_ssl())
+    if runtime == "threads":
+        with sync_client(server.address) as client:
+            assert client.request("upper", "hola") == "HOLA"
+            assert client.command("/upper hola servidor") == "HOLA SERVIDOR"
+    else:
+
+        async def main() -> None:
+            async with enlace.asyncio.Client(
+                *server.address, ssl=client_ssl(), server_hostname="localhost"
+            ) as client:
+                assert await client.request("upper", "hola") == "HOLA"
+
+        asyncio.run(main())
+
+
+def test_over_capacity_tls_client_reads_the_refusal(serve):
+    server = serve(EchoService(), ssl=server_ssl(), max_connections=1)
+    with tls_connect(server.address) as first:
+        first.sendall(b"x")
+        assert first.recv(1) == b"x"
+        with tls_connect(server.address) as second:
+            assert read_to_eof(second).startswith(b"ERR busy: too many connections")
+
+
+# -- failures: the client says one clear thing, the server goes on ------------------------
+
+
+def test_wrong_ca_is_refused_by_the_client(serve):
+    server = serve(MessageService(), ssl=server_ssl())
+    with pytest.raises(TLSError, match="certificate not trusted"):
+        enlace.sync.Client(*server.address, ssl=client_ssl(OTHER_CA), server_hostname="localhost")
+    with sync_client(server.address) as client:
+        assert client.request("ping") == "pong"
+
+
+def test_wrong_name_is_refused_by_the_client(serve, runtime):
+    server = serve(MessageService(), ssl=server_ssl())
+    if runtime == "threads":
+        with pytest.raises(TLSError, match="Hostname mismatch"):
+            enlace.sync.Client(*server.address, ssl=client_ssl(), server_hostname="example.com")
+    else:
+
+        async def main() -> None:
+            client = enlace.asyncio.Client(
+                *server.address, ssl=client_ssl(), server_hostname="example.com"
+            )
+            with pytest.raises(TLSError, match="Hostname mismatch"):
+                await client.open()
+
+        asyncio.run(main())
+    with sync_client(server.address) as client:
+        assert client.request("ping") == "pong"
+
+
+def test_expired_certificate_is_refused(serve):
+    now = datetime.datetime.now(datetime.UTC)
+    expired = CA.issue_cert(
+        "localhost",
+        not_before=now - datetime.timedelta(days=30),
+        not_after=now - datetime.timedelta(days=1),
+    )
+    server = serve(MessageService(), ssl=server_ssl(expired))
+    with pytest.raises(TLSError, match="certificate has expired"):
+        sync_client(server.address)
+
+
+def test_plain_client_on_a_tls_port_is_told_in_clear_text(serve):
+    server = serve(MessageService(), ssl=server_ssl())
+    with connect(server.address) as sock:
+        sock.sendall(b"/upper hola\n")
+        assert (
+            read_to_eof(sock) == b"ERR tls_required: this port speaks TLS (connect with --tls)\r\n"
+        )
+    with connect(server.address) as sock:  # a framed client gets a frame
+        sock.sendall(b"\x00\x00\x00\x05/ping")
+        assert read_to_eof(sock) == tls_required_answer(b"\x00")
+    with sync_client(server.address) as client:
+        assert client.request("upper", "sigo") == "SIGO"
+
+
+@pytest.mark.parametrize("service", [GreetService(), EchoService()], ids=["greet", "echo"])
+def test_tls_client_on_a_plain_port_gets_one_clear_error(serve, service):
+    server = serve(service)
+    with pytest.raises(TLSError, match=r"does not speak TLS \(plain TCP\?\)|plain TCP"):
+        enlace.sync.Client(
+            *server.address, ssl=client_ssl(), server_hostname="localhost", handshake_timeout=3
+        )
+    with connect(server.address) as sock:  # and the plain server goes on
+        sock.sendall(b"x")
+        assert sock.recv(100)
+
+
+def test_silent_client_is_cut_at_the_handshake_timeout(serve):
+    server = serve(EchoService(), ssl=server_ssl(), handshake_timeout=0.3)
+    with connect(server.address) as sock:
+        started = time.monotonic()
+        assert read_to_eof(sock) == b""
+        assert time.monotonic() - started < 3
+    assert_echo_still_serves(server.address)
+
+
+# -- the pieces --------------------------------------------------------------------------
+
+
+def test_server_context_names_a_bad_file(tmp_path):
+    with pytest.raises(TLSError, match="no such file"):
+        server_context(tmp_path / "missing.pem", tmp_path / "key.pem")
+    bad = tmp_path / "bad.pem"
+    bad.write_text("not a certificate")
+    with pytest.raises(TLSError, match="cannot load TLS certificate"):
+        server_context(bad, bad)
+
+
+def test_contexts_refuse_tls_below_1_2():
+    assert client_context().minimum_version == ssl.TLSVersion.TLSv1_2
+    with CERT.private_key_and_cert_chain_pem.tempfile() as pem:
+        assert server_context(pem).minimum_version == ssl.TLSVersion.TLSv1_2
+
+
+def test_tlssocket_nonblocking_send_never_loses_or_repeats_bytes():
+    # A peer that reads slowly: send() keeps saying "would block", then takes the rest.
+    left, right = socket.socketpair()
+    left.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    server = TLSSocket(left, server_ssl(), server_side=True)
+    client = TLSSocket(right, client_ssl(), server_side=False, server_hostname="localhost")
+    shaking = threading.Thread(target=client.handshake, args=(5,))
+    shaking.start()
+    server.handshake(5)
+    shaking.join()
+    payload = bytes(range(256)) * 4096  # 1 MiB
+    received = bytearray()
+
+    def read() -> None:
+        buffer = bytearray(65536)
+        while len(received) < len(payload):
+            size = client.recv_into(buffer)
+            if not size:
+                return
+            received.extend(buffer[:size])
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    view, blocked = memoryview(payload), 0
+    while view:
+        try:
+            view = view[server.send(view, socket.MSG_DONTWAIT) :]
+        except BlockingIOError:
+            blocked += 1
+            select.select([], [left], [], 1.0)  # as the runtime's flusher polls
+    reader.join(10)
+    assert bytes(received) == payload
+    assert blocked > 0  # the socket did push back, so the bookkeeping was exercised
+    left.close()
+    right.close()
