@@ -31,6 +31,7 @@ from enlace.exceptions import (
     RemoteProtocolError,
     RequestError,
     Timeout,
+    TLSError,
     translate_oserror,
 )
 from enlace.sockets import connect_tcp, listen_tcp, listen_udp
@@ -51,6 +52,7 @@ TREE: dict[type[EnlaceError], type[Exception]] = {
     ConnectionRefused: NetworkError,
     ConnectionClosed: NetworkError,
     Timeout: NetworkError,
+    TLSError: NetworkError,
 }
 
 CODES = {
@@ -68,6 +70,7 @@ CODES = {
     ConnectionRefused: "connection_refused",
     ConnectionClosed: "connection_closed",
     Timeout: "timeout",
+    TLSError: "tls_error",
 }
 
 

@@ -29,7 +29,7 @@ def test_bad_network_is_one_clear_message():
 
 
 def test_per_address_count_and_release():
-    policy = ConnectionPolicy(max_per_ip=2)
+    policy = ConnectionPolicy(max_per_ip=2, count_loopback=True)
     assert policy.acquire("127.0.0.1") is None
     assert policy.acquire("::ffff:127.0.0.1") is None  # the same address
     refused = policy.acquire("127.0.0.1")
@@ -39,6 +39,11 @@ def test_per_address_count_and_release():
     assert policy.count("127.0.0.1") == 1
     assert policy.acquire("127.0.0.1") is None
     assert ConnectionPolicy(max_per_ip=None).acquire("1.2.3.4") is None
+    # By default this machine's own clients are not capped (nor counted).
+    local = ConnectionPolicy(max_per_ip=1)
+    assert local.acquire("127.0.0.1") is None and local.acquire("::1") is None
+    assert local.count("127.0.0.1") == 0
+    assert local.acquire("10.0.0.1") is None and local.acquire("10.0.0.1") is not None
 
 
 def test_refused_datagrams_are_logged_once_per_source(caplog):

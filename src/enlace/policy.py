@@ -54,7 +54,11 @@ class ConnectionPolicy:
     """An allow-list (``None``: everyone) and a per-address connection cap (``None``: none)."""
 
     def __init__(
-        self, allow: Iterable[str | _Network] | None = None, *, max_per_ip: int | None = MAX_PER_IP
+        self,
+        allow: Iterable[str | _Network] | None = None,
+        *,
+        max_per_ip: int | None = MAX_PER_IP,
+        count_loopback: bool = False,
     ) -> None:
         self.allow: tuple[_Network, ...] | None = (
             None
@@ -62,6 +66,9 @@ class ConnectionPolicy:
             else tuple(n if not isinstance(n, str) else parse_network(n) for n in allow)
         )
         self.max_per_ip = max_per_ip
+        # This machine's own clients (tests, benchmarks, a local proxy) all share one
+        # address; capping them would lower the global cap, and they are no stranger.
+        self.count_loopback = count_loopback
         self._counts: dict[str, int] = {}
         self._lock = threading.Lock()
         self._logged: dict[str, float] = {}
@@ -76,9 +83,13 @@ class ConnectionPolicy:
     def acquire(self, host: str) -> str | None:
         """Count a connection from ``host``; return why it is refused, or None.
 
-        A refused connection is not counted (do not :meth:`release` it).
+        A refused connection is not counted (do not :meth:`release` it). Loopback
+        clients are not capped unless ``count_loopback``.
         """
-        key = str(client_ip(host) or host)
+        address = client_ip(host)
+        if address is not None and address.is_loopback and not self.count_loopback:
+            return None
+        key = str(address or host)
         with self._lock:
             count = self._counts.get(key, 0)
             if self.max_per_ip is not None and count >= self.max_per_ip:
@@ -87,7 +98,7 @@ class ConnectionPolicy:
         return None
 
     def release(self, host: str) -> None:
-        """A connection counted by :meth:`acquire` ended."""
+        """A connection accepted by :meth:`acquire` ended."""
         key = str(client_ip(host) or host)
         with self._lock:
             count = self._counts.get(key, 0) - 1

@@ -11,6 +11,7 @@ import pytest
 import enlace.asyncio
 import enlace.exceptions
 import enlace.sync
+from enlace.policy import ConnectionPolicy
 from enlace.protocol.envelope import loads
 from enlace.services.base import StreamHandler, StreamService
 from enlace.services.message import MessageService
@@ -128,7 +129,7 @@ def test_allow_list_closes_others_at_once(serve):
 
 def test_per_ip_cap_refuses_like_the_global_cap(serve):
     counting = Counting()
-    server = serve(counting, max_per_ip=1)
+    server = serve(counting, policy=ConnectionPolicy(max_per_ip=1, count_loopback=True))
     with connect(server.address) as first:
         first.sendall(b"/ping\n")
         assert read_exactly(first, 5) == b"pong\n"
