@@ -17,6 +17,8 @@ __all__ = [
     "FLOOD_MAX_REFUSALS",
     "FLOOD_RATE",
     "FLOOD_WINDOW",
+    "HTTP_HEAD_TIMEOUT",
+    "HTTP_KEEPALIVE_TIMEOUT",
     "HUB_HEARTBEAT",
     "HUB_MAX_BACKOFF",
     "HUB_PRESENCE_TTL",
@@ -26,21 +28,26 @@ __all__ = [
     "MAX_AI_CONTEXT",
     "MAX_AI_LINE",
     "MAX_AI_PENDING",
+    "MAX_BODY",
     "MAX_CHAT_MESSAGE",
     "MAX_CONNECTIONS",
     "MAX_CONNECTIONS_THREADS",
     "MAX_DATAGRAM",
     "MAX_EVENTS",
     "MAX_FRAME",
+    "MAX_HEADERS",
+    "MAX_HEADER_BYTES",
     "MAX_HISTORY",
     "MAX_HUB_PENDING",
     "MAX_JSON",
     "MAX_JSON_DEPTH",
     "MAX_LINE",
+    "MAX_LISTING",
     "MAX_MARKS",
     "MAX_NICK",
     "MAX_OUTBOUND",
     "MAX_PIPELINE",
+    "MAX_REQUEST_LINE",
     "MAX_ROOMS",
     "READ_SIZE",
     "REQUEST_TIMEOUT",
@@ -203,3 +210,32 @@ HUB_PRESENCE_TTL = 5.0
 # lock (someone running `sqlite3 chat.sqlite3` and a transaction by hand). Short,
 # because the asyncio runtime waits on its event loop; one server per DIR never waits.
 STORE_BUSY_TIMEOUT = 1.0
+
+# HTTP (enlace serve web). Browsers cap URLs near 8 KiB too, and nginx's default
+# large_client_header_buffers is 8 KiB: a longer request line is an attack or a bug.
+MAX_REQUEST_LINE = 8 * 1024
+
+# Browsers send about 10-20 fields; 100 leaves room for proxies and cookies while
+# bounding the per-request work a client can ask for.
+MAX_HEADERS = 100
+
+# All header fields of one request together: a large cookie jar fits in 16 KiB, and it
+# bounds what a client that never ends its head makes the server hold.
+MAX_HEADER_BYTES = 16 * 1024
+
+# Request bodies: a static file server takes none, so 1 MiB only bounds what is read
+# and discarded before answering (a form or a small upload would fit).
+MAX_BODY = 1024 * 1024
+
+# Seconds a client has to send a whole request head once it began: a browser sends it
+# in one packet, so ten seconds only ever holds up a slowloris client.
+HTTP_HEAD_TIMEOUT = 10.0
+
+# Seconds an idle keep-alive connection is kept: long enough for a browser to fetch a
+# page's assets on one connection, short enough that idle browsers do not fill the
+# connection cap (nginx uses 75 s with far larger caps; Apache uses 5 s).
+HTTP_KEEPALIVE_TIMEOUT = 5.0
+
+# Entries a directory listing (serve web --list) shows: more than anyone scrolls
+# through, and it bounds the page a directory of a million files would make.
+MAX_LISTING = 10_000

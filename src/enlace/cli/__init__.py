@@ -19,9 +19,12 @@ from enlace.cli.connect import connect_tcp_stdio, connect_udp_stdio
 from enlace.cli.message import run_send, run_shell
 from enlace.cli.options import loop_option, optional_number, server_options
 from enlace.cli.runner import Launch, Runtime, describe, loop_name, run_servers
+from enlace.cli.web import WebApp, build_web
 from enlace.exceptions import EnlaceError
 from enlace.limits import DRAIN_TIMEOUT, IDLE_TIMEOUT, MAX_DATAGRAM
-from enlace.services.chat import DEFAULT_ROOM
+from enlace.services import DatagramService, StreamService
+from enlace.services.chat import DEFAULT_ROOM, ChatService
+from enlace.web import ServiceInfo
 
 __all__ = ["main"]
 
@@ -80,7 +83,12 @@ def _parser() -> argparse.ArgumentParser:
         sub = services.add_parser(
             entry.name, help=entry.summary, description=entry.summary, parents=[common]
         )
-        server_options(sub, default_port=entry.port, udp=entry.transport == "udp")
+        server_options(
+            sub,
+            default_port=entry.port,
+            udp=entry.transport == "udp",
+            idle=entry.idle_timeout,
+        )
         entry.add_options(sub)
         sub.set_defaults(handler=_cmd_serve, entry=entry)
 
@@ -172,10 +180,16 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _launch(entry: ServiceEntry, args: argparse.Namespace, host: str, port: int) -> Launch:
+def _launch(
+    entry: ServiceEntry,
+    args: argparse.Namespace,
+    host: str,
+    port: int,
+    service: StreamService | DatagramService | WebApp | None = None,
+) -> Launch:
     return Launch(
         name=entry.name,
-        service=entry.build(args),
+        service=entry.build(args) if service is None else service,
         host=host,
         port=port,
         max_connections=getattr(args, "max_connections", "default"),
@@ -199,7 +213,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     def announce(started: list[tuple[Launch, tuple[str, int]]]) -> None:
         for launch, address in started:
             print(f"enlace: {describe(launch, address, _engine(runtime, args))}", flush=True)
-            print(f"  try it: {entry.try_it.format(host=address[0], port=address[1])}", flush=True)
+            print(f"  try it: {_try_it(entry, address)}", flush=True)
 
     return run_servers(
         [_launch(entry, args, args.host, args.port)], runtime, announce, loop=args.loop
@@ -208,11 +222,18 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 def _cmd_up(args: argparse.Namespace) -> int:
     runtime: Runtime = args.runtime
-    launches = [
-        _launch(entry, args, args.host, 0 if args.any_port else entry.port)
-        for entry in CATALOG.values()
-        if entry.in_up
-    ]
+    launches: list[Launch] = []
+    chat: ChatService | None = None
+    for entry in CATALOG.values():
+        if not entry.in_up:
+            continue
+        # The web server's browser chat joins the chat entry's rooms: one ChatService.
+        service = build_web(args, chat) if entry.name == "web" else entry.build(args)
+        if isinstance(service, ChatService):
+            chat = service
+        launches.append(
+            _launch(entry, args, args.host, 0 if args.any_port else entry.port, service)
+        )
 
     def announce(started: list[tuple[Launch, tuple[str, int]]]) -> None:
         rows = [("service", "listens on", "try it")]
@@ -222,9 +243,16 @@ def _cmd_up(args: argparse.Namespace) -> int:
                 (
                     launch.name,
                     f"{launch.transport} {format_address(*address)}",
-                    entry.try_it.format(host=address[0], port=address[1]),
+                    _try_it(entry, address),
                 )
             )
+        listed = [
+            ServiceInfo(launch.name, launch.transport, format_address(*address), row[2])
+            for (launch, address), row in zip(started, rows[1:], strict=True)
+        ]
+        for launch in launches:
+            if isinstance(launch.service, WebApp):
+                launch.service.set_services(listed)
         widths = [max(len(row[i]) for row in rows) for i in range(2)]
         print(f"enlace is up ({_engine(runtime, args)} runtime):\n")
         for name, where, try_it in rows:
@@ -232,6 +260,11 @@ def _cmd_up(args: argparse.Namespace) -> int:
         print("\nCtrl-C stops everything.", flush=True)
 
     return run_servers(launches, runtime, announce, loop=args.loop)
+
+
+def _try_it(entry: ServiceEntry, address: tuple[str, int]) -> str:
+    host, port = address
+    return entry.try_it.format(host=host, port=port, address=format_address(host, port))
 
 
 def _connect_target(words: list[str]) -> tuple[str, int]:
