@@ -49,11 +49,15 @@ __all__ = [
     "MAX_PIPELINE",
     "MAX_REQUEST_LINE",
     "MAX_ROOMS",
+    "MAX_WS_MESSAGE",
     "READ_SIZE",
     "REQUEST_TIMEOUT",
     "SLOW_TIMEOUT",
     "STORE_BUSY_TIMEOUT",
     "WRITE_BUFFER_HIGH",
+    "WS_CLOSE_TIMEOUT",
+    "WS_PING_INTERVAL",
+    "WS_PING_TIMEOUT",
 ]
 
 # Enough for a classroom or a small team; past it a server answers "busy", so a
@@ -239,3 +243,19 @@ HTTP_KEEPALIVE_TIMEOUT = 5.0
 # Entries a directory listing (serve web --list) shows: more than anyone scrolls
 # through, and it bounds the page a directory of a million files would make.
 MAX_LISTING = 10_000
+
+# WebSocket (the browser chat). A message carries one chat request or event, so
+# the frame limit of the message server applies: larger is refused with close 1009.
+MAX_WS_MESSAGE = 1024 * 1024
+
+# Seconds between two pings to a browser: under the 30-60 s after which proxies and
+# NAT boxes forget an idle connection, and a dead peer is noticed within a minute.
+WS_PING_INTERVAL = 20.0
+
+# Seconds a pong may take: a browser answers at once, even in a background tab, so
+# twenty seconds of silence is a peer that is gone (a laptop asleep, a lost network).
+WS_PING_TIMEOUT = 20.0
+
+# Seconds we wait for the peer's close frame after sending ours: a live peer answers
+# in one round trip; a peer that does not answer must not hold a shutdown up.
+WS_CLOSE_TIMEOUT = 5.0
