@@ -207,7 +207,7 @@ class RequestParser:
         text = str(exc) or type(exc).__name__
         if isinstance(exc, httptools.HttpParserInvalidMethodError):
             return HttpError(501 if text.startswith("Invalid method") else 400, "bad_method", text)
-        if "version" in text.lower() and "HTTP" not in text:
+        if text.startswith("Invalid HTTP version"):
             return HttpError(505, "bad_version", text)
         return HttpError(400, "bad_request", f"malformed request: {text}")
 
