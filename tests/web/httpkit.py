@@ -101,6 +101,13 @@ class Conn:
         self.buffer = bytes(body[length:])
         return Response(status, headers, bytes(body[:length]), head + b"\r\n\r\n")
 
+    def read(self, size: int) -> bytes:
+        """Exactly ``size`` raw bytes (after an upgrade, say)."""
+        while len(self.buffer) < size:
+            self.buffer += self._more()
+        data, self.buffer = self.buffer[:size], self.buffer[size:]
+        return data
+
     def closed(self) -> bool:
         """Whether the server closes the connection now (with nothing more to read)."""
         return not self.buffer and self.sock.recv(65536) == b""

@@ -210,6 +210,7 @@ class _Connection(asyncio.Protocol):
     def pause_writing(self) -> None:
         self.write_paused = True
         self._pause_reading()
+        self._watch_output()
 
     def resume_writing(self) -> None:
         self.write_paused = False
@@ -402,6 +403,7 @@ class _Connection(asyncio.Protocol):
             if not self.writer_on:
                 self.loop.add_writer(sock.fileno(), self._on_writable)
                 self.writer_on = True
+                self._watch_output()
             return False
         except OSError as exc:
             LOGGER.info("%s dropped while sending a file: %s", self.peer, exc)
@@ -416,6 +418,12 @@ class _Connection(asyncio.Protocol):
             self.loop.remove_writer(sock.fileno())
             self.writer_on = False
         return True
+
+    def _watch_output(self) -> None:
+        # Output is waiting for the client: make sure the timer checks its progress in time.
+        timeout = self.server.send_timeout
+        if timeout is not None and self.timer_due > _monotonic() + timeout:
+            self._arm(timeout)
 
     def _on_writable(self) -> None:
         self._flush_queue()
