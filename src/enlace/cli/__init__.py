@@ -26,13 +26,14 @@ from enlace.services import DatagramService, StreamService
 from enlace.services.chat import DEFAULT_ROOM, ChatService
 from enlace.web import ServiceInfo
 
-__all__ = ["main"]
+__all__ = ["main", "parser", "up_launches"]
 
 _EXIT_ERROR = 1
 _EXIT_INTERRUPTED = 130
 
 
-def _parser() -> argparse.ArgumentParser:
+def parser() -> argparse.ArgumentParser:
+    """The command line's parser."""
     parser = argparse.ArgumentParser(
         prog="enlace",
         description="Client-server networking: classic socket services, clients, and more.",
@@ -220,20 +221,27 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     )
 
 
-def _cmd_up(args: argparse.Namespace) -> int:
-    runtime: Runtime = args.runtime
+def up_launches(args: argparse.Namespace) -> list[Launch]:
+    """What ``enlace up`` starts: every entry of the catalog that is part of it."""
     launches: list[Launch] = []
     chat: ChatService | None = None
     for entry in CATALOG.values():
         if not entry.in_up:
             continue
-        # The web server's browser chat joins the chat entry's rooms: one ChatService.
+        # The web server's browser chat joins the chat entry's rooms: one ChatService,
+        # so browser, `enlace chat` and nc users meet in the same rooms.
         service = build_web(args, chat) if entry.name == "web" else entry.build(args)
         if isinstance(service, ChatService):
             chat = service
         launches.append(
             _launch(entry, args, args.host, 0 if args.any_port else entry.port, service)
         )
+    return launches
+
+
+def _cmd_up(args: argparse.Namespace) -> int:
+    runtime: Runtime = args.runtime
+    launches = up_launches(args)
 
     def announce(started: list[tuple[Launch, tuple[str, int]]]) -> None:
         rows = [("service", "listens on", "try it")]
@@ -323,7 +331,7 @@ def _address_or_usage(text: str) -> tuple[str, int]:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the ``enlace`` command; return its exit code."""
-    args = _parser().parse_args(argv)
+    args = parser().parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
