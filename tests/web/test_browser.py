@@ -255,8 +255,10 @@ def test_on_a_phone_the_side_panel_folds_away(browser, site, pages):
     assert width <= 390, "the page scrolls sideways on a phone"
 
 
-def test_browser_and_nc_users_share_rooms_under_enlace_up(browser, pages):
-    with server("up", "--any-port", marker=b"Ctrl-C stops everything") as cli:
+@pytest.mark.parametrize("runtime", ["asyncio", "threads"])
+def test_browser_and_nc_users_share_rooms_under_enlace_up(browser, pages, runtime):
+    up = ("up", "--any-port", "--runtime", runtime)
+    with server(*up, marker=b"Ctrl-C stops everything") as cli:
         table = cli.table()
         web, chat = table["web"][1], table["chat"][1]
         url = f"http://127.0.0.1:{web}/chat.html"
