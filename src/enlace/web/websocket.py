@@ -162,14 +162,6 @@ class WebSocketConnection(asyncio.Protocol):
                 self._ws.close(CloseCode.INTERNAL_ERROR, "server error", _monotonic())
             else:
                 self._callback(self._handler.connection_made, _ChatTransport(self))
-        else:
-            assert self._ws.refusal is not None
-            self._endpoint.logger.info(
-                "%s: WebSocket upgrade refused (%d %s)",
-                self._peer_text(),
-                self._ws.refusal.status,
-                self._ws.refusal.reason,
-            )
         # The web server may have stopped reading while it decided; the connection is ours now.
         self._transport.resume_reading()
         if rest and not self._ws.should_close:
