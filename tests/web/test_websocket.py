@@ -8,6 +8,7 @@ client shares rooms with the WebSocket users.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import socket
@@ -420,6 +421,23 @@ def test_history_is_replayed_in_json_on_join(bridge):
         replayed = [v for v in seen if v.get("event") == "message"]  # before the reply
         assert [(v["from"], v["text"]) for v in replayed] == [("nc", "primero")]
     nc.close()
+
+
+def test_async_commands_answer_in_order_on_the_loop(bridge):
+    chat = ChatService(flood_burst=None)
+
+    @chat.command
+    async def later(text: str) -> str:
+        """Answer after giving the event loop a turn (as a command awaiting a hub does)."""
+        await asyncio.sleep(0)
+        return text.upper()
+
+    b = bridge(chat=chat)
+    with b.connect() as ws:
+        for number in range(3):
+            ws.send(json.dumps({"id": number, "cmd": "later", "args": [f"m{number}"]}))
+        replies = [until(ws, lambda v: "id" in v) for _ in range(3)]
+        assert [(r["id"], r["result"]) for r in replies] == [(0, "M0"), (1, "M1"), (2, "M2")]
 
 
 def test_chat_rules_apply_to_browsers(bridge):
