@@ -268,3 +268,19 @@ def test_a_client_that_stops_reading_is_dropped_at_the_send_timeout(web, tmp_pat
         time.sleep(0.05)  # the client reads nothing; the server must give up on it
     assert server.server.connection_count == 0
     sock.close()
+
+
+def test_a_link_retargeted_out_of_the_root_after_being_served_is_404(web, root):
+    (root / "inside.txt").write_text("inside")
+    (root / "big-inside.bin").write_bytes(b"i" * 200_000)
+    os.symlink(root / "inside.txt", root / "link.txt")
+    os.symlink(root / "big-inside.bin", root / "big-link.bin")
+    (root.parent / "big-secret.bin").write_bytes(SECRET * 10_000)
+    server = web(root)
+    assert get(server.address, "/link.txt").body == b"inside"  # served, and remembered
+    assert len(get(server.address, "/big-link.bin").body) == 200_000
+    for link, target in (("link.txt", "secret.txt"), ("big-link.bin", "big-secret.bin")):
+        os.remove(root / link)
+        os.symlink(root.parent / target, root / link)
+        response = get(server.address, f"/{link}")
+        assert response.status == 404 and SECRET not in response.body

@@ -268,3 +268,18 @@ def test_the_built_in_site_is_served_by_default(web):
     assert get(server.address, "/index.html").body == home.body
     css = get(server.address, "/style.css")
     assert css.headers["content-type"] == "text/css; charset=utf-8"
+
+
+def test_repeated_requests_see_changes_and_head_matches_get(web, tmp_path):
+    (tmp_path / "big.bin").write_bytes(b"a" * 100_000)
+    (tmp_path / "small.txt").write_text("one")
+    server = web(tmp_path)
+    for _ in range(2):  # the second time from the server's cache of replies
+        assert len(get(server.address, "/big.bin").body) == 100_000
+        head = get(server.address, "/big.bin", method="HEAD")
+        assert head.headers["content-length"] == "100000" and head.body == b""
+        assert get(server.address, "/small.txt").body == b"one"
+    (tmp_path / "small.txt").write_text("two!")
+    assert get(server.address, "/small.txt").body == b"two!"
+    (tmp_path / "small.txt").unlink()
+    assert get(server.address, "/small.txt").status == 404

@@ -44,7 +44,7 @@ from enlace.limits import (
     SLOW_TIMEOUT,
     WRITE_BUFFER_HIGH,
 )
-from enlace.protocol.http import HttpError, Request, RequestParser, response_head
+from enlace.protocol.http import REASONS, HttpError, Request, RequestParser, response_head
 from enlace.sockets import listen_tcp, peer_address
 from enlace.web.pages import SITE, ServiceInfo, error_page, render_home
 from enlace.web.static import Reply, StaticFiles
@@ -60,6 +60,12 @@ _MAX_QUEUED = 64
 # what the client still sends, so that its unread bytes do not reset our reply.
 _LINGER_TIMEOUT = 2.0
 _NO_BODY_STATUS = (204, 304)
+_STATUS_LINES = {
+    status: f"HTTP/1.1 {status} {reason}\r\nServer: enlace\r\nDate: ".encode()
+    for status, reason in REASONS.items()
+}
+_KEEP_ALIVE = b"Connection: keep-alive\r\n\r\n"
+_CLOSE = b"Connection: close\r\n\r\n"
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 _DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 
@@ -255,30 +261,49 @@ class _Connection(asyncio.Protocol):
         self._reply(request, reply, keep)
 
     def _reply(self, request: Request | None, reply: Reply, keep: bool) -> None:
+        # Replies may be shared (the static files' cache): read them, never change them.
         status = reply.status
-        headers = reply.headers
-        if status >= 400 and not reply.body and reply.size is None:
-            reply.body = error_page(status)
-        if status >= 400:
-            headers = [*headers, ("Content-Type", "text/html; charset=utf-8")]
-        if status not in _NO_BODY_STATUS:
-            headers = [*headers, ("Content-Length", str(reply.content_length))]
-        if request is not None and request.method == "HEAD":
-            if reply.fd is not None:
-                os.close(reply.fd)
-                reply.fd = None
-            reply.body = b""
+        body, fd = reply.body, reply.fd
         clock = self.server._clock
         clock.tick()
-        head = response_head(status, headers, date=clock.date, keep_alive=keep)
-        if self.server._log_requests:
-            self._log(request, status, reply.content_length)
-        if reply.fd is not None:
-            self._send_file(_FileSend(head, reply.fd, reply.offset, reply.length))
-        elif reply.body and status not in _NO_BODY_STATUS:
-            self._emit(head + reply.body)
+        if reply.fields is not None:
+            head = b"".join(
+                (
+                    _STATUS_LINES[status],
+                    clock.date,
+                    reply.fields,
+                    _KEEP_ALIVE if keep else _CLOSE,
+                )
+            )
+        else:
+            headers = reply.headers
+            if status >= 400:
+                if not body and reply.size is None:
+                    body = error_page(status)
+                headers = [*headers, ("Content-Type", "text/html; charset=utf-8")]
+            if status not in _NO_BODY_STATUS:
+                length = (
+                    reply.size
+                    if reply.size is not None
+                    else (reply.length if fd is not None else len(body))
+                )
+                headers = [*headers, ("Content-Length", str(length))]
+            head = response_head(status, headers, date=clock.date, keep_alive=keep)
+        sent = 0
+        if request is not None and request.method == "HEAD":
+            if fd is not None:
+                os.close(fd)
+            self._emit(head)
+        elif fd is not None:
+            sent = reply.length
+            self._send_file(_FileSend(head, fd, reply.offset, reply.length))
+        elif body and status not in _NO_BODY_STATUS:
+            sent = len(body)
+            self._emit(head + body)
         else:
             self._emit(head)
+        if self.server._log_requests:
+            self._log(request, status, sent)
         if not keep:
             self.closing = True
 

@@ -105,6 +105,9 @@ class Reply:
     length: int = 0
     #: The Content-Length of a reply to HEAD, which carries no body.
     size: int | None = None
+    #: The header block, encoded, from after ``Date`` to before ``Connection`` (a cached
+    #: reply's: built once, sent many times).
+    fields: bytes | None = None
 
     @property
     def content_length(self) -> int:
@@ -138,12 +141,21 @@ class StaticFiles:
         self._cache: OrderedDict[tuple[int, int, int, int], bytes] = OrderedDict()
         self._cached_bytes = 0
         self._dates: dict[int, str] = {}
+        # Raw request path -> the last full 200 reply for it, revalidated by one stat():
+        # serving a file again skips decoding, resolving and building its header fields.
+        self._hot: dict[bytes, _Hot] = {}
 
     # -- the request -------------------------------------------------------------
 
     def serve(self, request: Request) -> Reply:
         """The reply to a GET or HEAD ``request`` (the caller refuses other methods)."""
-        segments = _segments(request.path)
+        raw = request.path
+        hot = self._hot.get(raw)
+        if hot is not None and not any(map(request._index.__contains__, _CONDITIONAL)):
+            reply = self._hot_reply(hot, request)
+            if reply is not None:
+                return reply
+        segments = _segments(raw)
         if segments is None:
             return _error(400)
         clean = "/" + "/".join(segments)
@@ -159,10 +171,49 @@ class StaticFiles:
         if real is None:
             return _error(404)
         if stat.S_ISDIR(info.st_mode):
-            return self._directory(request, real, segments)
+            return self._directory(request, real, segments, path)
         if not stat.S_ISREG(info.st_mode):
             return _error(404)  # a device or a pipe: reading it could block or never end
-        return self._file(request, real, info)
+        return self._file(request, real, info, path)
+
+    def _hot_reply(self, hot: _Hot, request: Request) -> Reply | None:
+        if hot.compressible and b"accept-encoding" in request._index:
+            return None  # a precompressed sibling may apply: take the long way
+        try:
+            info = os.stat(hot.path)
+        except OSError:
+            return None
+        # The path (symlinks followed) still leads to the inode that was confined and
+        # measured, unchanged: a retargeted link or a new file takes the long way again.
+        if (info.st_dev, info.st_ino, info.st_mtime_ns, info.st_size) != hot.key:
+            del self._hot[request.path]
+            return None
+        if hot.reply.fd is None:
+            return hot.reply
+        if request.method == "HEAD":
+            return Reply(200, fields=hot.reply.fields)
+        fd = _open_same(hot.path, info)
+        if fd is None:
+            return None
+        return Reply(200, fields=hot.reply.fields, fd=fd, length=hot.reply.length)
+
+    def _remember(
+        self, request: Request, path: str, info: os.stat_result, reply: Reply, compressible: bool
+    ) -> None:
+        if len(self._hot) >= _HOT_ENTRIES:
+            self._hot.clear()
+        fields = "".join(f"{name}: {value}\r\n" for name, value in reply.headers)
+        fields += f"Content-Length: {reply.length if reply.fd is not None else len(reply.body)}\r\n"
+        shared = Reply(
+            200,
+            reply.headers,
+            reply.body,
+            fd=None if reply.fd is None else -1,
+            length=reply.length,
+            fields=("\r\n" + fields).encode("latin-1"),
+        )
+        key = (info.st_dev, info.st_ino, info.st_mtime_ns, info.st_size)
+        self._hot[request.path] = _Hot(path, key, shared, compressible)
 
     def _confined(self, path: str) -> str | None:
         real = os.path.realpath(path)
@@ -170,7 +221,7 @@ class StaticFiles:
             return real
         return None
 
-    def _directory(self, request: Request, real: str, segments: list[str]) -> Reply:
+    def _directory(self, request: Request, real: str, segments: list[str], path: str) -> Reply:
         if not request.path.endswith(b"/"):
             # Rebuilt from the clean segments: never "//host" or "/\\host".
             location = urllib.parse.quote("/" + "/".join(segments) + "/")
@@ -185,14 +236,15 @@ class StaticFiles:
         if info is not None and stat.S_ISREG(info.st_mode):
             confined = self._confined(index)
             if confined is not None:
-                return self._file(request, confined, info)
+                return self._file(request, confined, info, os.path.join(path, "index.html"))
         if self.listing:
             return self._bytes_reply(
                 request, self._listing(real, segments), "text/html; charset=utf-8"
             )
         return _error(404)
 
-    def _file(self, request: Request, real: str, info: os.stat_result) -> Reply:
+    def _file(self, request: Request, real: str, info: os.stat_result, path: str) -> Reply:
+        """``real``: the resolved, confined file; ``path``: root joined with the request's."""
         etag = f'"{info.st_mtime_ns:x}-{info.st_size:x}"'
         modified = self._http_date(int(info.st_mtime))
         kind = content_type(real)
@@ -229,12 +281,15 @@ class StaticFiles:
             data = self._small(real, info)
             if data is None:
                 return _error(404)
-            return Reply(status, headers, data[start : start + length])
-        try:
-            fd = os.open(real, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
-        except OSError:
-            return _error(404)
-        return Reply(status, headers, fd=fd, offset=start, length=length)
+            reply = Reply(status, headers, data[start : start + length])
+        else:
+            fd = _open_same(real, info)
+            if fd is None:
+                return _error(404)
+            reply = Reply(status, headers, fd=fd, offset=start, length=length)
+        if status == 200 and "Content-Encoding" not in (name for name, _ in headers):
+            self._remember(request, path, info, reply, compressible)
+        return reply
 
     def _precompressed(
         self, real: str, accepted: bytes, original: os.stat_result
@@ -274,8 +329,11 @@ class StaticFiles:
         if data is not None:
             cache.move_to_end(key)
             return data
+        fd = _open_same(real, info)
+        if fd is None:
+            return None
         try:
-            with open(real, "rb") as file:
+            with open(fd, "rb") as file:
                 data = file.read(SMALL_FILE + 1)
         except OSError:
             return None
@@ -329,6 +387,39 @@ class StaticFiles:
             + "\n</ul></body></html>\n"
         )
         return page.encode("utf-8", "surrogateescape")
+
+
+def _open_same(path: str, info: os.stat_result) -> int | None:
+    """Open ``path`` only if it is still the file ``info`` describes (no swap since).
+
+    A symlink swapped in between the checks and the open would otherwise hand
+    us a file outside the root; comparing the opened file's identity closes that gap.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError:
+        return None
+    opened = os.fstat(fd)
+    if (opened.st_dev, opened.st_ino) != (info.st_dev, info.st_ino) or not stat.S_ISREG(
+        opened.st_mode
+    ):
+        os.close(fd)
+        return None
+    return fd
+
+
+@dataclass(slots=True)
+class _Hot:
+    path: str
+    key: tuple[int, int, int, int]
+    reply: Reply
+    compressible: bool
+
+
+# Request fields that make a reply depend on more than the file: never served from _hot.
+_CONDITIONAL = (b"if-none-match", b"if-modified-since", b"range", b"if-range")
+# Paths remembered in _hot before it starts over: a site's working set, bounded.
+_HOT_ENTRIES = 1024
 
 
 def _segments(raw: bytes) -> list[str] | None:
