@@ -17,6 +17,8 @@ __all__ = [
     "FLOOD_MAX_REFUSALS",
     "FLOOD_RATE",
     "FLOOD_WINDOW",
+    "HTTP_HEAD_TIMEOUT",
+    "HTTP_KEEPALIVE_TIMEOUT",
     "HUB_HEARTBEAT",
     "HUB_MAX_BACKOFF",
     "HUB_PRESENCE_TTL",
@@ -26,24 +28,30 @@ __all__ = [
     "MAX_AI_CONTEXT",
     "MAX_AI_LINE",
     "MAX_AI_PENDING",
+    "MAX_BODY",
     "MAX_CHAT_MESSAGE",
     "MAX_CONNECTIONS",
     "MAX_CONNECTIONS_THREADS",
     "MAX_DATAGRAM",
     "MAX_EVENTS",
     "MAX_FRAME",
+    "MAX_HEADERS",
+    "MAX_HEADER_BYTES",
     "MAX_HISTORY",
     "MAX_HUB_PENDING",
     "MAX_JSON",
     "MAX_JSON_DEPTH",
     "MAX_LINE",
+    "MAX_LISTING",
     "MAX_MARKS",
     "MAX_NICK",
     "MAX_OUTBOUND",
     "MAX_PER_IP",
     "MAX_PIPELINE",
+    "MAX_REQUEST_LINE",
     "MAX_ROOMS",
     "MAX_TOKEN",
+    "MAX_WS_MESSAGE",
     "READ_SIZE",
     "REQUEST_TIMEOUT",
     "SLOW_TIMEOUT",
@@ -51,6 +59,9 @@ __all__ = [
     "TLS_HANDSHAKE_TIMEOUT",
     "TOKEN_FAIL_DELAY",
     "WRITE_BUFFER_HIGH",
+    "WS_CLOSE_TIMEOUT",
+    "WS_PING_INTERVAL",
+    "WS_PING_TIMEOUT",
 ]
 
 # Enough for a classroom or a small team; past it a server answers "busy", so a
@@ -225,3 +236,48 @@ MAX_TOKEN = 1024
 # Seconds between refusing a wrong token and closing: one guess per connection per
 # second, and with MAX_PER_IP at most 64 guesses a second from one address.
 TOKEN_FAIL_DELAY = 1.0
+
+# HTTP (enlace serve web). Browsers cap URLs near 8 KiB too, and nginx's default
+# large_client_header_buffers is 8 KiB: a longer request line is an attack or a bug.
+MAX_REQUEST_LINE = 8 * 1024
+
+# Browsers send about 10-20 fields; 100 leaves room for proxies and cookies while
+# bounding the per-request work a client can ask for.
+MAX_HEADERS = 100
+
+# All header fields of one request together: a large cookie jar fits in 16 KiB, and it
+# bounds what a client that never ends its head makes the server hold.
+MAX_HEADER_BYTES = 16 * 1024
+
+# Request bodies: a static file server takes none, so 1 MiB only bounds what is read
+# and discarded before answering (a form or a small upload would fit).
+MAX_BODY = 1024 * 1024
+
+# Seconds a client has to send a whole request head once it began: a browser sends it
+# in one packet, so ten seconds only ever holds up a slowloris client.
+HTTP_HEAD_TIMEOUT = 10.0
+
+# Seconds an idle keep-alive connection is kept: long enough for a browser to fetch a
+# page's assets on one connection, short enough that idle browsers do not fill the
+# connection cap (nginx uses 75 s with far larger caps; Apache uses 5 s).
+HTTP_KEEPALIVE_TIMEOUT = 5.0
+
+# Entries a directory listing (serve web --list) shows: more than anyone scrolls
+# through, and it bounds the page a directory of a million files would make.
+MAX_LISTING = 10_000
+
+# WebSocket (the browser chat). A message carries one chat request or event, so
+# the frame limit of the message server applies: larger is refused with close 1009.
+MAX_WS_MESSAGE = 1024 * 1024
+
+# Seconds between two pings to a browser: under the 30-60 s after which proxies and
+# NAT boxes forget an idle connection, and a dead peer is noticed within a minute.
+WS_PING_INTERVAL = 20.0
+
+# Seconds a pong may take: a browser answers at once, even in a background tab, so
+# twenty seconds of silence is a peer that is gone (a laptop asleep, a lost network).
+WS_PING_TIMEOUT = 20.0
+
+# Seconds we wait for the peer's close frame after sending ours: a live peer answers
+# in one round trip; a peer that does not answer must not hold a shutdown up.
+WS_CLOSE_TIMEOUT = 5.0

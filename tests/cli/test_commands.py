@@ -158,7 +158,7 @@ def test_bad_arguments_exit_2():
 def test_up_runs_every_service_and_stops_cleanly(runtime):
     with server("up", "--any-port", "--runtime", runtime, marker=b"Ctrl-C stops everything") as cli:
         table = cli.table()
-        assert set(table) == {"upper", "echo", "greet", "udp", "chat"}
+        assert set(table) == {"upper", "echo", "greet", "udp", "chat", "web"}
         assert table["udp"][0] == "udp"
         with connect(("127.0.0.1", table["upper"][1])) as sock:
             sock.sendall(b"hola")

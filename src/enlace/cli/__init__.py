@@ -33,20 +33,24 @@ from enlace.cli.options import (
     token_option,
 )
 from enlace.cli.runner import Launch, Runtime, describe, loop_name, run_servers
+from enlace.cli.web import WebApp, build_web
 from enlace.exceptions import EnlaceError
 from enlace.limits import DRAIN_TIMEOUT, IDLE_TIMEOUT, MAX_DATAGRAM, MAX_PER_IP
-from enlace.services.chat import DEFAULT_ROOM
+from enlace.services import DatagramService, StreamService
+from enlace.services.chat import DEFAULT_ROOM, ChatService
 from enlace.services.message import MessageService
 from enlace.services.token import TokenService
 from enlace.tls import client_context, server_context
+from enlace.web import ServiceInfo
 
-__all__ = ["main"]
+__all__ = ["main", "parser", "up_launches"]
 
 _EXIT_ERROR = 1
 _EXIT_INTERRUPTED = 130
 
 
-def _parser() -> argparse.ArgumentParser:
+def parser() -> argparse.ArgumentParser:
+    """The command line's parser."""
     parser = argparse.ArgumentParser(
         prog="enlace",
         description="Client-server networking: classic socket services, clients, and more.",
@@ -100,7 +104,12 @@ def _parser() -> argparse.ArgumentParser:
         sub = services.add_parser(
             entry.name, help=entry.summary, description=entry.summary, parents=[common]
         )
-        server_options(sub, default_port=entry.port, udp=entry.transport == "udp")
+        server_options(
+            sub,
+            default_port=entry.port,
+            udp=entry.transport == "udp",
+            idle=entry.idle_timeout,
+        )
         entry.add_options(sub)
         sub.set_defaults(handler=_cmd_serve, entry=entry)
 
@@ -227,8 +236,11 @@ def _launch(
     host: str,
     port: int,
     tls: _ssl.SSLContext | None,
+    *,
+    service: StreamService | DatagramService | WebApp | None = None,
 ) -> Launch:
-    service = entry.build(args)
+    if service is None:
+        service = entry.build(args)
     token = getattr(args, "token", None)
     if token and isinstance(service, MessageService):
         service = TokenService(service, token)
@@ -307,18 +319,30 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     )
 
 
-def _try_it(entry: ServiceEntry, address: tuple[str, int]) -> str:
-    return entry.try_it.format(host=address[0], port=address[1], address=format_address(*address))
+def up_launches(args: argparse.Namespace, tls: _ssl.SSLContext | None = None) -> list[Launch]:
+    """What ``enlace up`` starts: every entry of the catalog that is part of it."""
+    launches: list[Launch] = []
+    chat: ChatService | None = None
+    for entry in CATALOG.values():
+        if not entry.in_up:
+            continue
+        # The web server's browser chat joins the chat entry's rooms: one ChatService,
+        # so browser, `enlace chat` and nc users meet in the same rooms.
+        service = build_web(args, chat) if entry.name == "web" else entry.build(args)
+        if isinstance(service, ChatService):
+            chat = service
+        launches.append(
+            _launch(
+                entry, args, args.host, 0 if args.any_port else entry.port, tls, service=service
+            )
+        )
+    return launches
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
     runtime: Runtime = args.runtime
     tls = _server_tls(args)
-    launches = [
-        _launch(entry, args, args.host, 0 if args.any_port else entry.port, tls)
-        for entry in CATALOG.values()
-        if entry.in_up
-    ]
+    launches = up_launches(args, tls)
 
     def announce(started: list[tuple[Launch, tuple[str, int]]]) -> None:
         _warn_if_open(args)
@@ -332,6 +356,13 @@ def _cmd_up(args: argparse.Namespace) -> int:
                     _try_it(entry, address),
                 )
             )
+        listed = [
+            ServiceInfo(launch.name, launch.transport, format_address(*address), row[2])
+            for (launch, address), row in zip(started, rows[1:], strict=True)
+        ]
+        for launch in launches:
+            if isinstance(launch.service, WebApp):
+                launch.service.set_services(listed)
         widths = [max(len(row[i]) for row in rows) for i in range(2)]
         print(f"enlace is up ({_engine(runtime, args)} runtime):\n")
         for name, where, try_it in rows:
@@ -341,6 +372,11 @@ def _cmd_up(args: argparse.Namespace) -> int:
         print("\nCtrl-C stops everything.", flush=True)
 
     return run_servers(launches, runtime, announce, loop=args.loop)
+
+
+def _try_it(entry: ServiceEntry, address: tuple[str, int]) -> str:
+    host, port = address
+    return entry.try_it.format(host=host, port=port, address=format_address(host, port))
 
 
 def _connect_target(words: list[str]) -> tuple[str, int]:
@@ -433,7 +469,7 @@ def _address_or_usage(text: str) -> tuple[str, int]:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the ``enlace`` command; return its exit code."""
-    args = _parser().parse_args(argv)
+    args = parser().parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from enlace.cli.options import optional_number, token_option
 from enlace.cli.trace import print_trace
+from enlace.cli.web import WebApp, build_web, web_options
 from enlace.limits import MAX_DATAGRAM, MAX_FRAME, MAX_LINE
 from enlace.services import (
     DatagramService,
@@ -41,12 +42,15 @@ class ServiceEntry:
     port: int
     transport: Literal["tcp", "udp"]
     summary: str
-    #: Shell line to try the service; ``{host}`` and ``{port}`` are filled in.
+    #: Shell line to try the service; ``{host}``, ``{port}`` and ``{address}``
+    #: (``HOST:PORT``, IPv6 in brackets) are filled in.
     try_it: str
-    build: Callable[[argparse.Namespace], StreamService | DatagramService]
+    build: Callable[[argparse.Namespace], StreamService | DatagramService | WebApp]
     add_options: Callable[[argparse.ArgumentParser], None] = lambda parser: None
     #: Whether ``enlace up`` runs it (the plain message server shares the chat's port).
     in_up: bool = True
+    #: Whether it takes ``--idle-timeout`` (the web server has timeouts of its own).
+    idle_timeout: bool = True
 
 
 def _echo_options(parser: argparse.ArgumentParser) -> None:
@@ -107,6 +111,10 @@ def _message_server_options(parser: argparse.ArgumentParser) -> None:
 def _chat_options(parser: argparse.ArgumentParser) -> None:
     # The chat's own options come on top of the message server's.
     _message_server_options(parser)
+    _chat_place_options(parser)
+
+
+def _chat_place_options(parser: argparse.ArgumentParser) -> None:
     # Either this process keeps the history (in memory or in DIR), or the hub does.
     where = parser.add_mutually_exclusive_group()
     where.add_argument(
@@ -156,6 +164,17 @@ def _build_chat(args: argparse.Namespace) -> MessageService:
     # /ask answers from ENLACE_AI_URL/MODEL/KEY; unset: /ask says how to configure it.
     install_assistant(service, AssistantConfig.from_env())
     return service
+
+
+def _web_options(parser: argparse.ArgumentParser) -> None:
+    web_options(parser)
+    _chat_place_options(parser)  # the browser chat's rooms: the same as serve chat's
+
+
+def _build_web(args: argparse.Namespace) -> WebApp:
+    chat = _build_chat(args)
+    assert isinstance(chat, ChatService)
+    return build_web(args, chat)
 
 
 def _option(args: argparse.Namespace, name: str, default: object) -> object:
@@ -224,6 +243,16 @@ CATALOG: dict[str, ServiceEntry] = {
             build=_build_message,
             add_options=_message_server_options,
             in_up=False,
+        ),
+        ServiceEntry(
+            name="web",
+            port=8088,
+            transport="tcp",
+            summary="HTTP/1.1 static files (--root DIR) and the browser chat over WebSocket",
+            try_it="open http://{address}/ in a browser (or: curl http://{address}/)",
+            build=_build_web,
+            add_options=_web_options,
+            idle_timeout=False,
         ),
     )
 }

@@ -78,8 +78,13 @@ def loop_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def server_options(parser: argparse.ArgumentParser, *, default_port: int, udp: bool) -> None:
-    """The options every server takes (``--host``, ``--port``, ``--runtime``, limits)."""
+def server_options(
+    parser: argparse.ArgumentParser, *, default_port: int, udp: bool, idle: bool = True
+) -> None:
+    """The options every server takes (``--host``, ``--port``, ``--runtime``, limits).
+
+    ``idle=False`` leaves out ``--idle-timeout``, for a server with timeouts of its own.
+    """
     parser.add_argument(
         "--host",
         default="127.0.0.1",
@@ -110,13 +115,14 @@ def server_options(parser: argparse.ArgumentParser, *, default_port: int, udp: b
         help=f"connections served at once; past it clients get a 'busy' reply "
         f"(default {MAX_CONNECTIONS}, threads {MAX_CONNECTIONS_THREADS}; 'none' disables)",
     )
-    parser.add_argument(
-        "--idle-timeout",
-        type=optional_number(float),
-        default=IDLE_TIMEOUT,
-        metavar="SECONDS",
-        help="close a connection silent this long (default 300; 'none' disables)",
-    )
+    if idle:
+        parser.add_argument(
+            "--idle-timeout",
+            type=optional_number(float),
+            default=IDLE_TIMEOUT,
+            metavar="SECONDS",
+            help="close a connection silent this long (default 300; 'none' disables)",
+        )
     parser.add_argument(
         "--drain-timeout",
         type=optional_number(float),

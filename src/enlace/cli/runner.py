@@ -19,9 +19,11 @@ from typing import Any, Literal
 import enlace.asyncio
 import enlace.sync
 from enlace.addresses import format_address
+from enlace.cli.web import WebApp
 from enlace.exceptions import EnlaceError
 from enlace.limits import MAX_CONNECTIONS, MAX_CONNECTIONS_THREADS, MAX_PER_IP
 from enlace.services import DatagramService, StreamService
+from enlace.web import WebServer, WebServerThread
 
 __all__ = ["Launch", "Runtime", "describe", "event_loop_factory", "loop_name", "run_servers"]
 
@@ -34,7 +36,7 @@ class Launch:
     """One server to start: which service, where, with which limits."""
 
     name: str
-    service: StreamService | DatagramService
+    service: StreamService | DatagramService | WebApp
     host: str
     port: int
     max_connections: int | Literal["default"] | None = "default"
@@ -50,7 +52,21 @@ class Launch:
         return "udp" if isinstance(self.service, DatagramService) else "tcp"
 
 
-def _build_sync(launch: Launch) -> enlace.sync.Server | enlace.sync.DatagramServer:
+_SyncServer = enlace.sync.Server | enlace.sync.DatagramServer | WebServerThread
+_AsyncServer = enlace.asyncio.Server | enlace.asyncio.DatagramServer | WebServer
+
+
+def _build_sync(launch: Launch, loop: str) -> _SyncServer:
+    if isinstance(launch.service, WebApp):
+        # The web server is asyncio-only: under the threads runtime it gets a loop thread.
+        cap = MAX_CONNECTIONS if launch.max_connections == "default" else launch.max_connections
+        return launch.service.thread(
+            launch.host,
+            launch.port,
+            max_connections=cap,
+            drain_timeout=launch.drain_timeout,
+            loop_factory=event_loop_factory(loop),
+        )
     if isinstance(launch.service, DatagramService):
         return enlace.sync.DatagramServer(
             launch.service,
@@ -64,7 +80,12 @@ def _build_sync(launch: Launch) -> enlace.sync.Server | enlace.sync.DatagramServ
     )
 
 
-def _build_async(launch: Launch) -> enlace.asyncio.Server | enlace.asyncio.DatagramServer:
+def _build_async(launch: Launch) -> _AsyncServer:
+    if isinstance(launch.service, WebApp):
+        cap = MAX_CONNECTIONS if launch.max_connections == "default" else launch.max_connections
+        return launch.service.server(
+            launch.host, launch.port, max_connections=cap, drain_timeout=launch.drain_timeout
+        )
     if isinstance(launch.service, DatagramService):
         return enlace.asyncio.DatagramServer(
             launch.service,
@@ -105,7 +126,7 @@ def run_servers(
     if runtime == "asyncio":
         with asyncio.Runner(loop_factory=event_loop_factory(loop)) as runner:
             return runner.run(_run_async(launches, announce))
-    return _run_threads(launches, announce)
+    return _run_threads(launches, announce, loop)
 
 
 def event_loop_factory(loop: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -137,7 +158,7 @@ def _say_stopping() -> None:
 
 
 async def _run_async(launches: list[Launch], announce: Announce) -> int:
-    servers: list[enlace.asyncio.Server | enlace.asyncio.DatagramServer] = []
+    servers: list[_AsyncServer] = []
     try:
         for launch in launches:
             server = _build_async(launch)
@@ -160,11 +181,11 @@ async def _run_async(launches: list[Launch], announce: Announce) -> int:
     return 0
 
 
-def _run_threads(launches: list[Launch], announce: Announce) -> int:
-    servers: list[enlace.sync.Server | enlace.sync.DatagramServer] = []
+def _run_threads(launches: list[Launch], announce: Announce, loop: str) -> int:
+    servers: list[_SyncServer] = []
     try:
         for launch in launches:
-            server = _build_sync(launch)
+            server = _build_sync(launch, loop)
             server.start()
             servers.append(server)
     except EnlaceError:

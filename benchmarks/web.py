@@ -1,0 +1,264 @@
+"""wrk against enlace's web server and its peers, in one run: requests/s and ratios.
+
+    python benchmarks/web.py            # 10 s a row
+    python benchmarks/web.py --quick    # 3 s a row, a smoke run
+
+Servers: ``enlace serve web`` (uvloop), ``python -m http.server``, uvicorn with
+starlette's StaticFiles, aiohttp's static route, and nginx with one worker
+(its own temporary prefix and config, not daemonized). Each serves the same
+directory of files; rows are 1 KiB, 100 KiB and 10 MiB with keep-alive, and
+1 KiB with ``Connection: close``. Every server runs pinned to core 0 and wrk
+to core 1 (``taskset``), one server at a time, and is stopped by its PID.
+Access logs are off everywhere (``--log-level warning`` for enlace): the
+benchmark measures serving, not logging. Peers that cannot start (a missing
+package: ``pip install 'enlace[bench]'``) are skipped with the reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+PEERS = HERE / "peers"
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    path: str
+    connections: int
+    close: bool = False
+
+
+ROWS = (
+    Row("1 KiB keep-alive", "/1k.bin", 50),
+    Row("100 KiB keep-alive", "/100k.bin", 50),
+    Row("10 MiB keep-alive", "/10m.bin", 8),
+    Row("1 KiB Connection: close", "/1k.bin", 50, close=True),
+)
+FILES = {"1k.bin": 1024, "100k.bin": 100 * 1024, "10m.bin": 10 * 1024 * 1024}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"exited with status {proc.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError("did not start listening in time")
+
+
+def nginx_command(root: Path, port: int, prefix: Path) -> list[str]:
+    (prefix / "tmp").mkdir(parents=True, exist_ok=True)
+    user = "user root;\n" if os.geteuid() == 0 else ""
+    conf = f"""{user}daemon off;
+worker_processes 1;
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    keepalive_requests 1000000;
+    default_type application/octet-stream;
+    client_body_temp_path {prefix}/tmp/body;
+    proxy_temp_path {prefix}/tmp/proxy;
+    fastcgi_temp_path {prefix}/tmp/fastcgi;
+    uwsgi_temp_path {prefix}/tmp/uwsgi;
+    scgi_temp_path {prefix}/tmp/scgi;
+    server {{ listen 127.0.0.1:{port}; root {root}; }}
+}}
+"""
+    (prefix / "nginx.conf").write_text(conf)
+    return [
+        NGINX,
+        "-p",
+        str(prefix),
+        "-c",
+        str(prefix / "nginx.conf"),
+        "-e",
+        str(prefix / "error.log"),
+    ]
+
+
+def servers(root: Path, prefix: Path) -> dict[str, tuple[list[str], bool]]:
+    """name -> (command with {port}, is a Python peer)."""
+    python = sys.executable
+    return {
+        "enlace": (
+            [
+                python,
+                "-m",
+                "enlace",
+                "serve",
+                "web",
+                "--root",
+                str(root),
+                "--port",
+                "{port}",
+                "--loop",
+                "uvloop",
+                "--log-level",
+                "warning",
+            ],
+            False,
+        ),
+        "http.server": (
+            [
+                python,
+                "-m",
+                "http.server",
+                "{port}",
+                "--bind",
+                "127.0.0.1",
+                "--directory",
+                str(root),
+            ],
+            True,
+        ),
+        "uvicorn+starlette": ([python, str(PEERS / "web_starlette.py"), str(root), "{port}"], True),
+        "aiohttp": ([python, str(PEERS / "web_aiohttp.py"), str(root), "{port}"], True),
+        "nginx": (["nginx"], False),
+    }
+
+
+def run_wrk(pin: list[str], port: int, row: Row, seconds: float) -> tuple[float, str]:
+    command = [*pin, "wrk", "-t1", f"-c{row.connections}", f"-d{seconds:g}s"]
+    if row.close:
+        command += ["-H", "Connection: close"]
+    command.append(f"http://127.0.0.1:{port}{row.path}")
+    result = subprocess.run(
+        command, capture_output=True, text=True, timeout=seconds + 30, check=False
+    )
+    out = result.stdout
+    match = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    problems = []
+    for pattern in (r"Non-2xx or 3xx responses: (\d+)", r"Socket errors: (.*)"):
+        if found := re.search(pattern, out):
+            problems.append(found.group(0))
+    return (float(match.group(1)) if match else 0.0), "; ".join(problems)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="3 s a row instead of 10")
+    parser.add_argument("--seconds", type=float, help="seconds a row (overrides --quick)")
+    parser.add_argument("--only", nargs="*", help="run only these servers")
+    args = parser.parse_args()
+    seconds = args.seconds or (3.0 if args.quick else 10.0)
+    if shutil.which("wrk") is None:
+        print("wrk is not installed (apt-get install wrk)", file=sys.stderr)
+        return 1
+    pinned = shutil.which("taskset") is not None and (os.cpu_count() or 1) >= 2
+    server_pin = ["taskset", "-c", "0"] if pinned else []
+    wrk_pin = ["taskset", "-c", "1"] if pinned else []
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    }
+    results: dict[str, dict[str, float]] = {}
+    python_peers: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="enlace-web-bench-") as tmp:
+        root = Path(tmp) / "site"
+        root.mkdir()
+        for name, size in FILES.items():
+            (root / name).write_bytes(os.urandom(size))
+        os.chmod(tmp, 0o755)
+        os.chmod(root, 0o755)
+        for name, (template, is_python) in servers(root, Path(tmp) / "nginx").items():
+            if args.only and name not in args.only:
+                continue
+            port = free_port()
+            command = [part.replace("{port}", str(port)) for part in template]
+            if name == "nginx":
+                if not os.path.exists(NGINX):
+                    print(f"skipped nginx: {NGINX} not found", file=sys.stderr)
+                    continue
+                command = nginx_command(root, port, Path(tmp) / "nginx")
+            # A file, not a pipe: http.server logs every request, and a full pipe would stall it.
+            log = Path(tmp) / f"{name}.log"
+            with log.open("wb") as err:
+                proc = subprocess.Popen(
+                    [*server_pin, *command], env=env, stdout=subprocess.DEVNULL, stderr=err
+                )
+            try:
+                wait_for_port(port, proc)
+            except RuntimeError as exc:
+                lines = log.read_text(errors="replace").strip().splitlines()
+                print(f"skipped {name}: {exc} {lines[-1] if lines else ''}", file=sys.stderr)
+                stop(proc)
+                continue
+            results[name] = {}
+            if is_python:
+                python_peers.append(name)
+            try:
+                for row in ROWS:
+                    rate, problems = run_wrk(wrk_pin, port, row, seconds)
+                    results[name][row.name] = rate
+                    note = f"  ({problems})" if problems else ""
+                    print(f"{name:>18}  {row.name:<24} {rate:>10.0f} req/s{note}", file=sys.stderr)
+            finally:
+                stop(proc)
+    print_table(results, python_peers, seconds, pinned)
+    return 0
+
+
+def print_table(
+    results: dict[str, dict[str, float]], python_peers: list[str], seconds: float, pinned: bool
+) -> None:
+    names = list(results)
+    print(
+        f"\nwrk, {seconds:g} s a row; "
+        + ("server on core 0, wrk on core 1" if pinned else "not pinned")
+    )
+    header = f"| row | {' | '.join(names)} | enlace / nginx | enlace / best Python peer |"
+    print(header)
+    print("|" + "---|" * (len(names) + 3))
+    for row in ROWS:
+        rates = {name: results[name].get(row.name, 0.0) for name in names}
+        cells = [f"{rates[name]:,.0f}" for name in names]
+        enlace = rates.get("enlace", 0.0)
+        nginx = rates.get("nginx", 0.0)
+        peers = [rates[name] for name in python_peers if rates.get(name)]
+        best = max(peers) if peers else 0.0
+        to_nginx = f"{enlace / nginx:.2f}" if nginx and enlace else "-"
+        to_best = f"{enlace / best:.2f}" if best and enlace else "-"
+        print(f"| {row.name} | {' | '.join(cells)} | {to_nginx} | {to_best} |")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

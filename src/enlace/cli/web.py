@@ -1,0 +1,153 @@
+"""``enlace serve web`` and the web server's place in ``enlace up``.
+
+The runner starts services by kind; :class:`WebApp` is the web server's kind:
+the options it was given and the chat it bridges to the browser, from which
+the runner builds a :class:`~enlace.web.WebServer` on either runtime (under
+``--runtime threads`` it runs on an event loop of its own thread).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from enlace.cli.options import optional_number
+from enlace.limits import (
+    HTTP_HEAD_TIMEOUT,
+    HTTP_KEEPALIVE_TIMEOUT,
+    MAX_BODY,
+    MAX_HEADER_BYTES,
+    MAX_HEADERS,
+    MAX_REQUEST_LINE,
+)
+from enlace.services.chat import ChatService
+from enlace.web import ServiceInfo, WebServer, WebServerThread
+from enlace.web.server import UpgradeEndpoint
+
+__all__ = ["WebApp", "build_web", "web_options"]
+
+
+@dataclass
+class WebApp:
+    """The web server to start: its options, and the chat its ``/ws`` joins."""
+
+    root: str | None = None
+    listing: bool = False
+    chat: ChatService | None = None
+    limits: dict[str, Any] = field(default_factory=dict)
+    servers: list[WebServer] = field(default_factory=list)
+
+    def server(
+        self, host: str, port: int, *, max_connections: int | None, drain_timeout: float | None
+    ) -> WebServer:
+        """A new :class:`WebServer` with these options (remembered for :meth:`set_services`)."""
+        server = WebServer(
+            self.root,
+            host,
+            port,
+            listing=self.listing,
+            websocket=self._endpoint(),
+            max_connections=max_connections,
+            drain_timeout=drain_timeout,
+            **self.limits,
+        )
+        self.servers.append(server)
+        return server
+
+    def thread(
+        self,
+        host: str,
+        port: int,
+        *,
+        max_connections: int | None,
+        drain_timeout: float | None,
+        loop_factory: Callable[[], asyncio.AbstractEventLoop] | None,
+    ) -> WebServerThread:
+        """The same server on an event loop of its own thread (the threads runtime)."""
+        server = self.server(
+            host, port, max_connections=max_connections, drain_timeout=drain_timeout
+        )
+        return WebServerThread(server, loop_factory=loop_factory)
+
+    def set_services(self, services: Sequence[ServiceInfo]) -> None:
+        """List ``services`` on the home page of the built-in site."""
+        for server in self.servers:
+            server.set_services(services)
+
+    def _endpoint(self) -> UpgradeEndpoint | None:
+        if self.chat is None:
+            return None
+        try:
+            # The browser chat's bridge ships beside the server; without it /ws is a 404.
+            module = importlib.import_module("enlace.web.websocket")
+        except ModuleNotFoundError:
+            return None
+        endpoint: UpgradeEndpoint = module.WebSocketEndpoint(self.chat)
+        return endpoint
+
+
+def web_options(parser: argparse.ArgumentParser) -> None:
+    """``serve web``'s own options (the chat's ``--data``/``--hub`` are added beside)."""
+    parser.add_argument(
+        "--root",
+        metavar="DIR",
+        help="serve the files under DIR (default: the built-in site: home page and chat)",
+    )
+    parser.add_argument(
+        "--list",
+        action="store_true",
+        help="list the files of a directory without index.html (default: 404)",
+    )
+    for option, default, what in (
+        ("--max-request-line", MAX_REQUEST_LINE, "longest request line, in bytes (414 past it)"),
+        ("--max-headers", MAX_HEADERS, "most header fields in a request (431 past it)"),
+        ("--max-header-bytes", MAX_HEADER_BYTES, "largest header block, in bytes (431 past it)"),
+        ("--max-body", MAX_BODY, "largest request body, in bytes (413 past it)"),
+    ):
+        parser.add_argument(
+            option,
+            type=optional_number(int),
+            default=default,
+            metavar="N",
+            help=f"{what}; default {default}, 'none' disables",
+        )
+    parser.add_argument(
+        "--head-timeout",
+        type=optional_number(float),
+        default=HTTP_HEAD_TIMEOUT,
+        metavar="SECONDS",
+        help=f"a request head must arrive within this time once begun (408 past it; "
+        f"default {HTTP_HEAD_TIMEOUT:g})",
+    )
+    parser.add_argument(
+        "--keepalive-timeout",
+        type=optional_number(float),
+        default=HTTP_KEEPALIVE_TIMEOUT,
+        metavar="SECONDS",
+        help=f"close a keep-alive connection idle this long (default {HTTP_KEEPALIVE_TIMEOUT:g})",
+    )
+
+
+def build_web(args: argparse.Namespace, chat: ChatService | None) -> WebApp:
+    """The :class:`WebApp` for the parsed command line; ``chat`` serves ``/ws``."""
+    limits = {
+        name: getattr(args, name, default)
+        for name, default in (
+            ("max_request_line", MAX_REQUEST_LINE),
+            ("max_headers", MAX_HEADERS),
+            ("max_header_bytes", MAX_HEADER_BYTES),
+            ("max_body", MAX_BODY),
+            ("head_timeout", HTTP_HEAD_TIMEOUT),
+            ("keepalive_timeout", HTTP_KEEPALIVE_TIMEOUT),
+        )
+    }
+    return WebApp(
+        root=getattr(args, "root", None),
+        listing=bool(getattr(args, "list", False)),
+        chat=chat,
+        limits=limits,
+    )

@@ -1,0 +1,536 @@
+"""One HTTP/1.1 connection of the web server: requests in order, responses, sendfile, timers.
+
+:class:`HttpConnection` is the :class:`asyncio.Protocol` of one client.
+Requests are parsed by :class:`~enlace.protocol.http.RequestParser` and
+answered in order (keep-alive and pipelining); every response written during
+one read leaves in one ``transport.write``. File bodies above
+:data:`~enlace.web.static.SMALL_FILE` go out with ``os.sendfile`` on the
+socket itself: when the transport has nothing buffered, the head is sent with
+``MSG_MORE`` and the file follows without passing through Python, waiting
+for writability on a duplicate of the socket's descriptor (the transport owns
+the original). uvloop transports have no native sendfile, and asyncio's
+fallback reads the file into memory, hence doing it here.
+
+One timer per connection applies the deadline of its state: the request head
+(``head_timeout`` from its first byte: 408 and a close), output that makes no
+progress (``send_timeout``: dropped), or an idle keep-alive (``keepalive_timeout``:
+a silent close).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import os
+import socket
+import time
+from typing import TYPE_CHECKING, cast
+
+from enlace.limits import WRITE_BUFFER_HIGH
+from enlace.protocol.http import REASONS, HttpError, Request, RequestParser, response_head
+from enlace.sockets import peer_address
+from enlace.web.pages import error_page
+from enlace.web.static import Reply
+
+if TYPE_CHECKING:
+    from enlace.web.server import WebServer
+
+__all__ = ["LOGGER", "Clock", "HttpConnection"]
+
+LOGGER = logging.getLogger("enlace.web")
+_monotonic = time.monotonic
+
+# Responses queued behind a file being sent before we stop reading a pipelining client.
+_MAX_QUEUED = 64
+# After our last response on a closing connection, how long we read and discard
+# what the client still sends, so that its unread bytes do not reset our reply.
+_LINGER_TIMEOUT = 2.0
+_NO_BODY_STATUS = (204, 304)
+_STATUS_LINES = {
+    status: f"HTTP/1.1 {status} {reason}\r\nServer: enlace\r\nDate: ".encode()
+    for status, reason in REASONS.items()
+}
+_KEEP_ALIVE = b"Connection: keep-alive\r\n\r\n"
+_CLOSE = b"Connection: close\r\n\r\n"
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+
+
+class Clock:
+    """``Date`` and access-log times, formatted once a second (not once a request)."""
+
+    def __init__(self) -> None:
+        self._second = -1
+        self.date = b""
+        self.log_time = ""
+
+    def tick(self) -> None:
+        now = int(time.time())
+        if now != self._second:
+            self._second = now
+            t = time.gmtime(now)
+            self.date = (
+                f"{_DAYS[t.tm_wday]}, {t.tm_mday:02d} {_MONTHS[t.tm_mon - 1]} {t.tm_year} "
+                f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} GMT"
+            ).encode()
+            local = time.localtime(now)
+            self.log_time = time.strftime("%d/", local) + _MONTHS[local.tm_mon - 1]
+            self.log_time += time.strftime("/%Y:%H:%M:%S %z", local)
+
+
+class _FileSend:
+    """A file body waiting for, or in, ``os.sendfile``."""
+
+    __slots__ = ("fd", "head", "offset", "remaining")
+
+    def __init__(self, head: bytes, fd: int, offset: int, length: int) -> None:
+        self.head = head
+        self.fd = fd
+        self.offset = offset
+        self.remaining = length
+
+
+class HttpConnection(asyncio.Protocol):
+    """One client of a :class:`~enlace.web.server.WebServer`."""
+
+    def __init__(self, server: WebServer) -> None:
+        self.server = server
+        self.loop = server._loop
+        self.transport: asyncio.Transport | None = None
+        self.peer = "?"
+        self.parser = RequestParser(
+            max_request_line=server.max_request_line,
+            max_headers=server.max_headers,
+            max_header_bytes=server.max_header_bytes,
+            max_body=server.max_body,
+        )
+        self.queue: collections.deque[bytes | _FileSend] = collections.deque()
+        self.corked: list[bytes] | None = None
+        self.sock: socket.socket | None = None  # a dup of the transport's, for sendfile
+        self.writer_on = False
+        self.waiting_drain = False
+        self.write_paused = False
+        self.read_paused = False
+        self.closing = False  # no more requests: finish the output, then close
+        self.lingering = False
+        self.counted = False
+        self.upgraded: asyncio.BaseProtocol | None = None
+        self.now = _monotonic()
+        self.last_activity = self.now
+        self.head_started = self.now
+        self.progress: tuple[int, int] = (0, 0)
+        self.last_progress = self.now
+        self.timer: asyncio.TimerHandle | None = None
+        self.timer_due = 0.0
+        self.eof = False
+
+    # -- asyncio.Protocol ------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport = cast(asyncio.Transport, transport)
+        host, _ = peer_address(transport.get_extra_info("peername"))
+        self.peer = host
+        server = self.server
+        server._connections.add(self)
+        if server._shutting_down:
+            transport.abort()
+            return
+        if server.max_connections is not None and server._active >= server.max_connections:
+            LOGGER.warning(
+                "%s refused: too many connections (limit %d)", host, server.max_connections
+            )
+            self._final(503, "too many connections; try again later")
+            return
+        server._active += 1
+        self.counted = True
+        transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)
+        self._arm(server.keepalive_timeout)
+
+    def data_received(self, data: bytes) -> None:
+        if self.lingering:
+            return
+        parser = self.parser
+        self.last_activity = now = _monotonic()
+        if parser.idle:
+            self.head_started = now
+        corked: list[bytes] = []
+        self.corked = corked
+        try:
+            events = parser.feed(data)
+            while events:
+                for event in events:
+                    if self.closing:
+                        break
+                    if isinstance(event, HttpError):
+                        self._refuse(event)
+                    else:
+                        self._request(event)
+                events = []
+                if parser.upgrade_rest is not None and self.upgraded is None and not self.closing:
+                    events = parser.resume()  # an upgrade we did not take: on with HTTP
+        finally:
+            self.corked = None
+            if corked:
+                self._write(corked[0] if len(corked) == 1 else b"".join(corked))
+        if self.closing and not self.queue:
+            self._linger()
+            return
+        if len(self.queue) > _MAX_QUEUED:
+            self._pause_reading()
+        timeout = self.server.head_timeout
+        if parser.in_head and timeout is not None and self.timer_due > now + timeout:
+            self._arm(self.head_started + timeout - now)
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        if self.lingering or not self.queue:
+            return False  # the transport closes itself
+        self.closing = True  # answer what was asked, then close
+        return True
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        self._pause_reading()
+        self._watch_output()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self.waiting_drain:
+            self.waiting_drain = False
+            assert self.transport is not None
+            self.transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)
+            self._flush_queue()
+        self._maybe_resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_file()
+        if self.timer is not None:
+            self.timer.cancel()
+        for item in self.queue:
+            if isinstance(item, _FileSend):
+                os.close(item.fd)
+        self.queue.clear()
+        self.server._gone(self)
+
+    # -- requests ----------------------------------------------------------------
+
+    def _request(self, request: Request) -> None:
+        server = self.server
+        path = request.path
+        if request.upgrade and path == b"/ws" and server.websocket is not None:
+            upgrade = (request.header(b"upgrade") or b"").lower()
+            if upgrade == b"websocket":
+                self._upgrade(request)
+                return
+        keep = request.keep_alive and not server._shutting_down
+        if request.method not in ("GET", "HEAD"):
+            reply = Reply(405, [("Allow", "GET, HEAD")])
+        elif path == b"/ws":
+            reply = Reply(404)  # no endpoint, or not an upgrade
+        else:
+            try:
+                reply = server.files.serve(request)
+            except Exception:
+                LOGGER.exception("error serving %r", request.target)
+                reply, keep = Reply(500), False
+        self._reply(request, reply, keep)
+
+    def _reply(self, request: Request | None, reply: Reply, keep: bool) -> None:
+        # Replies may be shared (the static files' cache): read them, never change them.
+        status = reply.status
+        body, fd = reply.body, reply.fd
+        clock = self.server._clock
+        clock.tick()
+        if reply.fields is not None:
+            head = b"".join(
+                (
+                    _STATUS_LINES[status],
+                    clock.date,
+                    reply.fields,
+                    _KEEP_ALIVE if keep else _CLOSE,
+                )
+            )
+        else:
+            headers = reply.headers
+            if status >= 400:
+                if not body and reply.size is None:
+                    body = error_page(status)
+                headers = [*headers, ("Content-Type", "text/html; charset=utf-8")]
+            if status not in _NO_BODY_STATUS:
+                length = (
+                    reply.size
+                    if reply.size is not None
+                    else (reply.length if fd is not None else len(body))
+                )
+                headers = [*headers, ("Content-Length", str(length))]
+            head = response_head(status, headers, date=clock.date, keep_alive=keep)
+        sent = 0
+        if request is not None and request.method == "HEAD":
+            if fd is not None:
+                os.close(fd)
+            self._emit(head)
+        elif fd is not None:
+            sent = reply.length
+            self._send_file(_FileSend(head, fd, reply.offset, reply.length))
+        elif body and status not in _NO_BODY_STATUS:
+            sent = len(body)
+            self._emit(head + body)
+        else:
+            self._emit(head)
+        if self.server._log_requests:
+            self._log(request, status, sent)
+        if not keep:
+            self.closing = True
+
+    def _refuse(self, error: HttpError) -> None:
+        LOGGER.info("%s bad request (%s): %s", self.peer, error.code, error)
+        self._reply(None, Reply(error.status, body=error_page(error.status, str(error))), False)
+
+    def _final(self, status: int, detail: str) -> None:
+        """Answer ``status`` and close, with no request read (refusals, timeouts)."""
+        self.corked = None
+        self._reply(None, Reply(status, body=error_page(status, detail)), False)
+        if not self.queue:
+            self._linger()
+
+    def _upgrade(self, request: Request) -> None:
+        if self.queue or self.corked:
+            # A pipelined response is still on its way: the switch would overtake it.
+            self._refuse(HttpError(400, "bad_request", "upgrade behind pipelined requests"))
+            return
+        transport = self.transport
+        endpoint = self.server.websocket
+        assert transport is not None and endpoint is not None
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        rest = self.parser.upgrade_rest or b""
+        if self.server._log_requests:
+            self._log(request, 101, 0)
+        proto = endpoint.upgrade(transport, request.head(), rest, on_close=self._upgraded_gone)
+        self.upgraded = proto
+        transport.set_protocol(proto)
+
+    def _upgraded_gone(self) -> None:
+        self.server._gone(self)
+
+    def _log(self, request: Request | None, status: int, size: int) -> None:
+        if request is None:
+            line = "-"
+        else:
+            # Escaped, so a request cannot forge log lines (CR, LF) or split fields (").
+            target = request.target.decode("latin-1").encode("unicode_escape").decode("ascii")
+            target = target.replace('"', '\\"')
+            line = f"{request.method} {target} HTTP/{request.version}"
+        LOGGER.info(
+            '%s - - [%s] "%s" %d %s',
+            self.peer,
+            self.server._clock.log_time,
+            line,
+            status,
+            size or "-",
+        )
+
+    # -- output ------------------------------------------------------------------
+
+    def _emit(self, data: bytes) -> None:
+        if self.queue:
+            self.queue.append(data)
+        elif self.corked is not None:
+            self.corked.append(data)
+        else:
+            self._write(data)
+
+    def _write(self, data: bytes) -> None:
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.write(data)
+
+    def _send_file(self, item: _FileSend) -> None:
+        corked = self.corked
+        if corked:
+            self._write(corked[0] if len(corked) == 1 else b"".join(corked))
+            corked.clear()
+        self.queue.append(item)
+        if len(self.queue) == 1:
+            self._flush_queue()
+
+    def _flush_queue(self) -> None:
+        """Send queued output in order until a file must wait, or all is sent."""
+        transport = self.transport
+        while self.queue and transport is not None and not transport.is_closing():
+            item = self.queue[0]
+            if isinstance(item, bytes):
+                self.queue.popleft()
+                transport.write(item)
+                continue
+            if transport.get_write_buffer_size():
+                # Earlier output is still buffered in the transport: wait until it
+                # is all sent (a high-water mark of 0 makes it tell us), then sendfile.
+                self.waiting_drain = True
+                transport.set_write_buffer_limits(high=0, low=0)
+                return
+            if not self._pump_file(item):
+                return
+            self.queue.popleft()
+        if not self.queue:
+            if self.closing:
+                self._linger()
+            elif self.server._shutting_down and self.parser.idle and transport is not None:
+                transport.close()
+            else:
+                self._maybe_resume_reading()
+
+    def _pump_file(self, item: _FileSend) -> bool:
+        """Send what the socket takes now; ``True`` once the whole file is sent."""
+        sock = self.sock
+        if sock is None:
+            assert self.transport is not None
+            raw = self.transport.get_extra_info("socket")
+            sock = self.sock = socket.socket(fileno=os.dup(raw.fileno()))
+            sock.setblocking(False)
+        try:
+            while item.head:
+                sent = sock.send(item.head, socket.MSG_MORE)
+                item.head = item.head[sent:]
+            while item.remaining:
+                sent = os.sendfile(sock.fileno(), item.fd, item.offset, item.remaining)
+                if sent == 0:
+                    break  # the file shrank since it was measured: the length cannot be kept
+                item.offset += sent
+                item.remaining -= sent
+        except BlockingIOError:
+            if not self.writer_on:
+                self.loop.add_writer(sock.fileno(), self._on_writable)
+                self.writer_on = True
+                self._watch_output()
+            return False
+        except OSError as exc:
+            LOGGER.info("%s dropped while sending a file: %s", self.peer, exc)
+            self._abort()
+            return False
+        if item.remaining:
+            LOGGER.warning("%s dropped: the file shrank while being sent", self.peer)
+            self._abort()
+            return False
+        os.close(item.fd)
+        if self.writer_on:
+            self.loop.remove_writer(sock.fileno())
+            self.writer_on = False
+        return True
+
+    def _watch_output(self) -> None:
+        # Output is waiting for the client: make sure the timer checks its progress in time.
+        timeout = self.server.send_timeout
+        if timeout is not None and self.timer_due > _monotonic() + timeout:
+            self._arm(timeout)
+
+    def _on_writable(self) -> None:
+        self._flush_queue()
+
+    def _stop_file(self) -> None:
+        sock, self.sock = self.sock, None
+        if sock is not None:
+            if self.writer_on:
+                self.loop.remove_writer(sock.fileno())
+                self.writer_on = False
+            sock.close()
+
+    # -- closing, timeouts, flow -----------------------------------------------
+
+    def _linger(self) -> None:
+        transport = self.transport
+        if transport is None or self.lingering:
+            return
+        self.lingering = True
+        self._stop_file()
+        if transport.is_closing():
+            return
+        if not self.eof and transport.can_write_eof():
+            transport.write_eof()
+            transport.resume_reading()  # read and discard until the client's EOF
+            self._arm(_LINGER_TIMEOUT)
+        else:
+            transport.close()
+
+    def _abort(self) -> None:
+        self._stop_file()
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _pause_reading(self) -> None:
+        if not self.read_paused and self.transport is not None and not self.lingering:
+            self.read_paused = True
+            self.transport.pause_reading()
+
+    def _maybe_resume_reading(self) -> None:
+        if self.read_paused and not self.write_paused and len(self.queue) <= _MAX_QUEUED:
+            self.read_paused = False
+            if self.transport is not None and not self.closing:
+                self.transport.resume_reading()
+
+    def _arm(self, delay: float | None) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if delay is not None:
+            self.timer = self.loop.call_later(delay, self._check)
+            self.timer_due = _monotonic() + delay
+
+    def _check(self) -> None:
+        """The connection's one timer: which deadline applies depends on its state."""
+        self.timer = None
+        transport = self.transport
+        if transport is None or self.upgraded is not None:
+            return
+        server = self.server
+        now = _monotonic()
+        if self.lingering:
+            transport.close()
+            return
+        if self.queue or transport.get_write_buffer_size():
+            head = self.queue[0] if self.queue else None
+            mark = (
+                head.remaining if isinstance(head, _FileSend) else -1,
+                transport.get_write_buffer_size(),
+            )
+            if mark != self.progress:
+                self.progress, self.last_progress = mark, now
+            deadline, timeout = self.last_progress, server.send_timeout
+            if timeout is not None and now >= deadline + timeout:
+                LOGGER.info("%s dropped: output unread for %g s", self.peer, timeout)
+                self._abort()
+                return
+            self._arm(1.0 if timeout is None else min(1.0, deadline + timeout - now + 0.01))
+            return
+        if self.parser.in_head:
+            deadline, timeout = self.head_started, server.head_timeout
+            if timeout is not None and now >= deadline + timeout:
+                LOGGER.info("%s request head not complete after %g s", self.peer, timeout)
+                self._final(408, f"the request head took longer than {timeout:g} s")
+                return
+        else:
+            deadline, timeout = self.last_activity, server.keepalive_timeout
+            if server._shutting_down and self.parser.idle:
+                timeout = 0.0
+            if timeout is not None and now >= deadline + timeout:
+                transport.close()  # idle keep-alive: a silent close, as nginx does
+                return
+        self._arm(1.0 if timeout is None else max(deadline + timeout - now, 0.01))
+
+    def drain(self) -> None:
+        """Shutdown: idle connections close now, busy ones after their response."""
+        if self.upgraded is not None:
+            close = getattr(self.upgraded, "close", None)
+            if callable(close):
+                close()
+            return
+        if self.parser.idle and not self.queue and not self.lingering:
+            if self.transport is not None:
+                self.transport.close()
+            return
+        self._arm(0.0)  # re-evaluate at once with the shutdown deadline
+
+    def force_close(self) -> None:
+        self._abort()

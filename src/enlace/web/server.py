@@ -1,0 +1,247 @@
+"""The web server: listening, the connection cap, shutdown, and a thread runner.
+
+:class:`WebServer` serves static files (:mod:`enlace.web.static`) over
+HTTP/1.1, one :class:`~enlace.web.connection.HttpConnection` per client (see
+there for keep-alive, pipelining, sendfile and the timeouts), and hands
+``/ws`` WebSocket upgrades to an :class:`UpgradeEndpoint`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import asyncio.selector_events
+import logging
+import os
+import threading
+from collections.abc import Callable, Sequence
+from types import TracebackType
+from typing import Protocol
+
+from enlace.exceptions import EnlaceError
+from enlace.limits import (
+    DRAIN_TIMEOUT,
+    HTTP_HEAD_TIMEOUT,
+    HTTP_KEEPALIVE_TIMEOUT,
+    MAX_BODY,
+    MAX_CONNECTIONS,
+    MAX_HEADER_BYTES,
+    MAX_HEADERS,
+    MAX_REQUEST_LINE,
+    SLOW_TIMEOUT,
+)
+from enlace.sockets import listen_tcp, peer_address
+from enlace.web.connection import LOGGER, Clock, HttpConnection
+from enlace.web.pages import SITE, ServiceInfo, render_home
+from enlace.web.static import StaticFiles
+
+__all__ = ["UpgradeEndpoint", "WebServer", "WebServerThread"]
+
+
+class UpgradeEndpoint(Protocol):
+    """What the server hands a WebSocket upgrade to (``enlace.web.websocket``)."""
+
+    def upgrade(
+        self,
+        transport: asyncio.Transport,
+        head: bytes,
+        rest: bytes,
+        *,
+        on_close: Callable[[], None],
+    ) -> asyncio.BaseProtocol: ...
+
+
+class WebServer:
+    """Serve static files (and a WebSocket endpoint) on the running event loop.
+
+    ``root`` is the directory served; ``None`` serves the built-in site, whose
+    home page lists the services given to :meth:`set_services`::
+
+        async with WebServer("public", "127.0.0.1", 8088) as server:
+            await server.serve_forever()
+    """
+
+    def __init__(
+        self,
+        root: str | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        listing: bool = False,
+        websocket: UpgradeEndpoint | None = None,
+        max_connections: int | None = MAX_CONNECTIONS,
+        max_request_line: int | None = MAX_REQUEST_LINE,
+        max_headers: int | None = MAX_HEADERS,
+        max_header_bytes: int | None = MAX_HEADER_BYTES,
+        max_body: int | None = MAX_BODY,
+        head_timeout: float | None = HTTP_HEAD_TIMEOUT,
+        keepalive_timeout: float | None = HTTP_KEEPALIVE_TIMEOUT,
+        send_timeout: float | None = SLOW_TIMEOUT,
+        drain_timeout: float | None = DRAIN_TIMEOUT,
+        backlog: int = 128,
+    ) -> None:
+        self.builtin = root is None
+        self.root = SITE if root is None else root
+        try:
+            self.files = StaticFiles(self.root, listing=listing)
+        except OSError as exc:
+            raise EnlaceError(f"cannot serve {self.root!r}: not a readable directory") from exc
+        self.host = host
+        self.port = port
+        self.websocket = websocket
+        self.max_connections = max_connections
+        self.max_request_line = max_request_line
+        self.max_headers = max_headers
+        self.max_header_bytes = max_header_bytes
+        self.max_body = max_body
+        self.head_timeout = head_timeout
+        self.keepalive_timeout = keepalive_timeout
+        self.send_timeout = send_timeout
+        self.drain_timeout = drain_timeout
+        self.backlog = backlog
+        self._server: asyncio.Server | None = None
+        self._connections: set[HttpConnection] = set()
+        self._active = 0
+        self._shutting_down = False
+        self._drained: asyncio.Event | None = None
+        self._stopped: asyncio.Event | None = None
+        self._clock = Clock()
+        self._log_requests = False
+        self._loop: asyncio.AbstractEventLoop
+        self.set_services(())
+
+    def set_services(self, services: Sequence[ServiceInfo]) -> None:
+        """List ``services`` on the built-in home page (no effect with a ``root``)."""
+        if not self.builtin:
+            return
+        with open(os.path.join(SITE, "index.html"), encoding="utf-8") as file:
+            page = render_home(file.read(), services)
+        self.files.pages = {"/": page, "/index.html": page}
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The address actually listened on (the real port when 0 was asked for)."""
+        if self._server is None or not self._server.sockets:
+            raise EnlaceError("the server is not started")
+        return peer_address(self._server.sockets[0].getsockname())
+
+    @property
+    def connection_count(self) -> int:
+        """Connections being served right now (WebSocket ones included)."""
+        return self._active
+
+    async def start(self) -> None:
+        """Listen and start accepting; returns once the port is open."""
+        if self._server is not None:
+            return
+        self._loop = asyncio.get_running_loop()
+        self._stopped = asyncio.Event()
+        self._log_requests = LOGGER.isEnabledFor(logging.INFO)
+        sock = listen_tcp(self.host, self.port, backlog=self.backlog)
+        self._server = await self._loop.create_server(
+            lambda: HttpConnection(self), sock=sock, backlog=self.backlog
+        )
+
+    async def serve_forever(self) -> None:
+        """Start if needed, then wait until :meth:`shutdown` is called."""
+        await self.start()
+        assert self._stopped is not None
+        await self._stopped.wait()
+
+    async def shutdown(self, drain_timeout: float | None = -1.0) -> None:
+        """Stop accepting; idle connections close now, the others after their response.
+
+        ``drain_timeout`` (default: the server's) bounds the wait; then the rest
+        are closed. ``None`` waits for ever.
+        """
+        if self._server is None or self._shutting_down:
+            return
+        if drain_timeout is not None and drain_timeout < 0:
+            drain_timeout = self.drain_timeout
+        self._shutting_down = True
+        if isinstance(self._loop, asyncio.selector_events.BaseSelectorEventLoop):
+            # See enlace.asyncio.server: stop watching the listening socket first.
+            for sock in self._server.sockets:
+                self._loop.remove_reader(sock.fileno())
+            await asyncio.sleep(0)
+        self._server.close()
+        self._drained = asyncio.Event()
+        for connection in list(self._connections):
+            connection.drain()
+        if self._connections:
+            try:
+                await asyncio.wait_for(self._drained.wait(), drain_timeout)
+            except TimeoutError:
+                for connection in list(self._connections):
+                    connection.force_close()
+                self._drained.clear()
+                if self._connections:
+                    await asyncio.wait_for(self._drained.wait(), 1.0)
+        await self._server.wait_closed()
+        assert self._stopped is not None
+        self._stopped.set()
+
+    def _gone(self, connection: HttpConnection) -> None:
+        if connection not in self._connections:
+            return
+        self._connections.discard(connection)
+        if connection.counted:
+            self._active -= 1
+        if not self._connections and self._drained is not None:
+            self._drained.set()
+
+    async def __aenter__(self) -> WebServer:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.shutdown()
+
+
+class WebServerThread:
+    """A :class:`WebServer` on an event loop of its own thread (``enlace up --runtime threads``)."""
+
+    def __init__(
+        self,
+        server: WebServer,
+        *,
+        loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None,
+    ) -> None:
+        self.server = server
+        self._loop = (loop_factory or asyncio.new_event_loop)()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="enlace-web", daemon=True
+        )
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self.server.address
+
+    def start(self) -> None:
+        """Start the loop thread and listen; raises what :meth:`WebServer.start` raises."""
+        self._thread.start()
+        try:
+            asyncio.run_coroutine_threadsafe(self.server.start(), self._loop).result()
+        except BaseException:
+            self._stop_loop()
+            raise
+
+    def shutdown(self, drain_timeout: float | None = -1.0) -> None:
+        """Drain and stop the server, then the loop thread."""
+        if self._thread.is_alive():
+            future = asyncio.run_coroutine_threadsafe(
+                self.server.shutdown(drain_timeout), self._loop
+            )
+            future.result()
+        self._stop_loop()
+
+    def _stop_loop(self) -> None:
+        if self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(5)
+        if not self._loop.is_running():
+            self._loop.close()
