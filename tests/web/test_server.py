@@ -45,8 +45,13 @@ class EchoAfterUpgrade(asyncio.Protocol):
 class StubEndpoint:
     """Stands in for enlace.web.websocket.WebSocketEndpoint: records what the server hands over."""
 
+    fail_delay = None
+
     def __init__(self) -> None:
         self.calls: list[tuple[bytes, bytes]] = []
+
+    def authorized(self, target: bytes, headers: object) -> bool:
+        return b"token=no" not in target
 
     def upgrade(
         self,
@@ -84,15 +89,20 @@ def test_a_websocket_upgrade_is_handed_over_with_its_head_and_the_bytes_after_it
     wait_for(lambda: server.server.connection_count == 0)  # on_close kept the count right
 
 
-def test_without_an_endpoint_or_an_upgrade_ws_is_404(web, tmp_path):
+def test_without_an_endpoint_ws_is_404_and_without_an_upgrade_426_or_403(web, tmp_path):
     plain = web(tmp_path)
     assert (
         get(plain.address, "/ws", {"Upgrade": "websocket", "Connection": "Upgrade"}).status == 404
     )
     with_endpoint = web(tmp_path, websocket=StubEndpoint())
-    assert get(with_endpoint.address, "/ws").status == 404  # no Upgrade header
+    no_upgrade = get(with_endpoint.address, "/ws")
+    assert no_upgrade.status == 426 and no_upgrade.headers["upgrade"] == "websocket"
     other = get(with_endpoint.address, "/ws", {"Upgrade": "h2c", "Connection": "Upgrade"})
-    assert other.status == 404
+    assert other.status == 426
+    # What the chat page asks to tell a token refusal from a server that is down.
+    refused = get(with_endpoint.address, "/ws?token=no")
+    assert refused.status == 403 and b"token" in refused.body
+    assert refused.headers["connection"] == "close"
 
 
 def test_an_upgrade_elsewhere_is_served_as_plain_http(web, tmp_path):

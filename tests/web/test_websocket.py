@@ -185,7 +185,7 @@ def test_listed_origins_are_allowed(bridge):
 
 
 def test_a_token_is_required_when_configured(bridge):
-    b = bridge(token="s3cret")
+    b = bridge(token="s3cret", fail_delay=0.05)
     for url in (b.url, b.url + "?token=wrong"):
         with pytest.raises(InvalidStatus) as refused:
             ws_connect(url, open_timeout=5)

@@ -14,7 +14,7 @@ import json
 import os
 import socket
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from enlace.web.websocket import WebSocketEndpoint
@@ -152,6 +152,10 @@ class CountingEndpoint:
         self.endpoint = endpoint
         self.on_close_calls = 0
         self.all_closed = asyncio.Event()
+        self.fail_delay = endpoint.fail_delay
+
+    def authorized(self, target: bytes, headers: Sequence[tuple[bytes, bytes]]) -> bool:
+        return self.endpoint.authorized(target, headers)
 
     def upgrade(
         self,

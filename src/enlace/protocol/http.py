@@ -49,6 +49,7 @@ REASONS: dict[int, str] = {
     413: "Content Too Large",
     414: "URI Too Long",
     416: "Range Not Satisfiable",
+    426: "Upgrade Required",
     431: "Request Header Fields Too Large",
     500: "Internal Server Error",
     501: "Not Implemented",

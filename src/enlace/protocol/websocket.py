@@ -84,10 +84,18 @@ class Refusal:
     status: int
     reason: str
     headers: tuple[tuple[str, str], ...] = ()
+    #: Refused for a missing or wrong token: the runtime answers after a delay, so
+    #: that guessing costs time.
+    token: bool = False
+
+    @property
+    def body(self) -> bytes:
+        """The response's body: the reason, on one line."""
+        return (self.reason + "\n").encode()
 
     def to_bytes(self) -> bytes:
         """The whole HTTP response, body included; the connection closes after it."""
-        body = (self.reason + "\n").encode()
+        body = self.body
         phrase = HTTPStatus(self.status).phrase
         lines = [
             f"HTTP/1.1 {self.status} {phrase}",
@@ -158,7 +166,9 @@ def check_request(
     if not origin_allowed(origin, request.host, allowed_origins):
         return Refusal(403, f"origin {origin} may not connect here")
     if token is not None and not token_matches(request.target, request.extra_headers, token):
-        return Refusal(403, "a valid token is required (?token=... or Authorization: Bearer)")
+        return Refusal(
+            403, "a valid token is required (?token=... or Authorization: Bearer)", token=True
+        )
     return None
 
 

@@ -9,7 +9,11 @@ socket itself: when the transport has nothing buffered, the head is sent with
 ``MSG_MORE`` and the file follows without passing through Python, waiting
 for writability on a duplicate of the socket's descriptor (the transport owns
 the original). uvloop transports have no native sendfile, and asyncio's
-fallback reads the file into memory, hence doing it here.
+fallback reads the file into memory, hence doing it here. Over TLS the bytes
+must pass through the encryption, so a file is read in chunks into the
+transport, as fast as the client takes them: reading stops at the transport's
+high-water mark and resumes when it drains, which bounds the memory per
+connection.
 
 One timer per connection applies the deadline of its state: the request head
 (``head_timeout`` from its first byte: 408 and a close), output that makes no
@@ -23,6 +27,7 @@ import asyncio
 import collections
 import logging
 import os
+import re
 import socket
 import time
 from typing import TYPE_CHECKING, cast
@@ -47,6 +52,11 @@ _MAX_QUEUED = 64
 # what the client still sends, so that its unread bytes do not reset our reply.
 _LINGER_TIMEOUT = 2.0
 _NO_BODY_STATUS = (204, 304)
+# Bytes of a file read per write into a TLS transport: large enough to amortize the
+# call and the encryption's per-write cost, small beside the write buffer's high mark.
+_TLS_FILE_CHUNK = 64 * 1024
+# A WebSocket token in a logged request target (browsers can only send it there).
+_TOKEN_IN_TARGET = re.compile(rb"([?&]token=)[^&#]*")
 _STATUS_LINES = {
     status: f"HTTP/1.1 {status} {reason}\r\nServer: enlace\r\nDate: ".encode()
     for status, reason in REASONS.items()
@@ -115,6 +125,8 @@ class HttpConnection(asyncio.Protocol):
         self.closing = False  # no more requests: finish the output, then close
         self.lingering = False
         self.counted = False
+        self.tls = server.ssl is not None
+        self.held: asyncio.TimerHandle | None = None  # a refusal answered after a delay
         self.upgraded: asyncio.BaseProtocol | None = None
         self.now = _monotonic()
         self.last_activity = self.now
@@ -136,11 +148,20 @@ class HttpConnection(asyncio.Protocol):
         if server._shutting_down:
             transport.abort()
             return
+        if not server.policy.allowed(host):
+            LOGGER.warning("%s refused: not in the allow-list", host)
+            transport.abort()
+            return
         if server.max_connections is not None and server._active >= server.max_connections:
             LOGGER.warning(
                 "%s refused: too many connections (limit %d)", host, server.max_connections
             )
             self._final(503, "too many connections; try again later")
+            return
+        refused = server.policy.acquire(host)
+        if refused is not None:
+            LOGGER.warning("%s refused: %s", host, refused)
+            self._final(503, f"{refused}; try again later")
             return
         server._active += 1
         self.counted = True
@@ -173,7 +194,7 @@ class HttpConnection(asyncio.Protocol):
             self.corked = None
             if corked:
                 self._write(corked[0] if len(corked) == 1 else b"".join(corked))
-        if self.closing and not self.queue:
+        if self.closing and not self.queue and self.held is None:
             self._linger()
             return
         if len(self.queue) > _MAX_QUEUED:
@@ -201,9 +222,14 @@ class HttpConnection(asyncio.Protocol):
             assert self.transport is not None
             self.transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)
             self._flush_queue()
+        elif self.tls and self.queue:
+            self._flush_queue()  # a file waits for room in the TLS transport
         self._maybe_resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.held is not None:
+            self.held.cancel()
+            self.held = None
         self._stop_file()
         if self.timer is not None:
             self.timer.cancel()
@@ -227,7 +253,15 @@ class HttpConnection(asyncio.Protocol):
         if request.method not in ("GET", "HEAD"):
             reply = Reply(405, [("Allow", "GET, HEAD")])
         elif path == b"/ws":
-            reply = Reply(404)  # no endpoint, or not an upgrade
+            endpoint = server.websocket
+            if endpoint is None:
+                reply = Reply(404)
+            elif not endpoint.authorized(request.target, request.headers):
+                # What the chat page asks when its WebSocket failed: was it the token?
+                self._refuse_token(request, endpoint.fail_delay)
+                return
+            else:
+                reply = Reply(426, [("Upgrade", "websocket")])
         else:
             try:
                 reply = server.files.serve(request)
@@ -287,6 +321,22 @@ class HttpConnection(asyncio.Protocol):
         LOGGER.info("%s bad request (%s): %s", self.peer, error.code, error)
         self._reply(None, Reply(error.status, body=error_page(error.status, str(error))), False)
 
+    def _refuse_token(self, request: Request, delay: float | None) -> None:
+        """403 for a missing or wrong token, after ``delay`` (as the upgrade's), then close."""
+        self.closing = True
+        self._pause_reading()
+        reply = Reply(403, body=error_page(403, "a valid token is required"))
+        if not delay:
+            self._reply(request, reply, False)
+            return
+        self.held = self.loop.call_later(delay, self._answer_held, request, reply)
+
+    def _answer_held(self, request: Request, reply: Reply) -> None:
+        self.held = None
+        self._reply(request, reply, False)
+        if not self.queue:
+            self._linger()
+
     def _final(self, status: int, detail: str) -> None:
         """Answer ``status`` and close, with no request read (refusals, timeouts)."""
         self.corked = None
@@ -306,11 +356,14 @@ class HttpConnection(asyncio.Protocol):
             self.timer.cancel()
             self.timer = None
         rest = self.parser.upgrade_rest or b""
-        if self.server._log_requests:
-            self._log(request, 101, 0)
         proto = endpoint.upgrade(transport, request.head(), rest, on_close=self._upgraded_gone)
         self.upgraded = proto
         transport.set_protocol(proto)
+        if self.server._log_requests:
+            # Logged once the endpoint has decided: 101, or its refusal (400, 403, 426).
+            status = getattr(proto, "status", 101)
+            size = getattr(proto, "body_size", 0)
+            self._log(request, status if isinstance(status, int) else 101, int(size or 0))
 
     def _upgraded_gone(self) -> None:
         self.server._gone(self)
@@ -319,8 +372,12 @@ class HttpConnection(asyncio.Protocol):
         if request is None:
             line = "-"
         else:
+            # A token is a secret: the log shows that one was sent, never its value.
+            raw = request.target
+            if b"token=" in raw:
+                raw = _TOKEN_IN_TARGET.sub(rb"\1<hidden>", raw)
             # Escaped, so a request cannot forge log lines (CR, LF) or split fields (").
-            target = request.target.decode("latin-1").encode("unicode_escape").decode("ascii")
+            target = raw.decode("latin-1").encode("unicode_escape").decode("ascii")
             target = target.replace('"', '\\"')
             line = f"{request.method} {target} HTTP/{request.version}"
         LOGGER.info(
@@ -365,6 +422,11 @@ class HttpConnection(asyncio.Protocol):
                 self.queue.popleft()
                 transport.write(item)
                 continue
+            if self.tls:
+                if not self._pump_file_tls(item):
+                    return
+                self.queue.popleft()
+                continue
             if transport.get_write_buffer_size():
                 # Earlier output is still buffered in the transport: wait until it
                 # is all sent (a high-water mark of 0 makes it tell us), then sendfile.
@@ -376,7 +438,8 @@ class HttpConnection(asyncio.Protocol):
             self.queue.popleft()
         if not self.queue:
             if self.closing:
-                self._linger()
+                if self.held is None:
+                    self._linger()
             elif self.server._shutting_down and self.parser.idle and transport is not None:
                 transport.close()
             else:
@@ -418,6 +481,34 @@ class HttpConnection(asyncio.Protocol):
         if self.writer_on:
             self.loop.remove_writer(sock.fileno())
             self.writer_on = False
+        return True
+
+    def _pump_file_tls(self, item: _FileSend) -> bool:
+        """Write the file into the TLS transport until it is full; ``True`` once all is sent."""
+        transport = self.transport
+        assert transport is not None
+        if item.head:
+            transport.write(item.head)
+            item.head = b""
+        # write() calls pause_writing() itself once the buffer passes its high mark.
+        while item.remaining and not self.write_paused:
+            try:
+                chunk = os.pread(item.fd, min(_TLS_FILE_CHUNK, item.remaining), item.offset)
+            except OSError as exc:
+                LOGGER.warning("%s dropped: cannot read the file being sent: %s", self.peer, exc)
+                self._abort()
+                return False
+            if not chunk:
+                LOGGER.warning("%s dropped: the file shrank while being sent", self.peer)
+                self._abort()
+                return False
+            transport.write(chunk)
+            item.offset += len(chunk)
+            item.remaining -= len(chunk)
+        if item.remaining:
+            self._watch_output()
+            return False
+        os.close(item.fd)
         return True
 
     def _watch_output(self) -> None:

@@ -4,19 +4,29 @@
 HTTP/1.1, one :class:`~enlace.web.connection.HttpConnection` per client (see
 there for keep-alive, pipelining, sendfile and the timeouts), and hands
 ``/ws`` WebSocket upgrades to an :class:`UpgradeEndpoint`.
+
+With ``ssl=`` it serves HTTPS: clients are accepted by a
+:class:`~enlace.asyncio.tlsaccept.TLSAcceptor`, so a plain HTTP request on the
+HTTPS port gets a clear ``400`` (as nginx says it: "The plain HTTP request was
+sent to HTTPS port") instead of a failed handshake. A
+:class:`~enlace.policy.ConnectionPolicy` (allow-list, per-address cap) is
+checked before any request is read.
 """
 
 from __future__ import annotations
 
 import asyncio
 import asyncio.selector_events
+import email.utils
 import logging
 import os
+import ssl as _ssl
 import threading
 from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Protocol
 
+from enlace.asyncio.tlsaccept import TLSAcceptor
 from enlace.exceptions import EnlaceError
 from enlace.limits import (
     DRAIN_TIMEOUT,
@@ -26,19 +36,49 @@ from enlace.limits import (
     MAX_CONNECTIONS,
     MAX_HEADER_BYTES,
     MAX_HEADERS,
+    MAX_PER_IP,
     MAX_REQUEST_LINE,
     SLOW_TIMEOUT,
+    TLS_HANDSHAKE_TIMEOUT,
 )
+from enlace.policy import ConnectionPolicy
+from enlace.protocol.http import response_head
 from enlace.sockets import listen_tcp, peer_address
 from enlace.web.connection import LOGGER, Clock, HttpConnection
-from enlace.web.pages import SITE, ServiceInfo, render_home
+from enlace.web.pages import SITE, ServiceInfo, error_page, render_home
 from enlace.web.static import StaticFiles
 
-__all__ = ["UpgradeEndpoint", "WebServer", "WebServerThread"]
+__all__ = [
+    "PLAIN_HTTP_DETAIL",
+    "UpgradeEndpoint",
+    "WebServer",
+    "WebServerThread",
+    "plain_http_answer",
+]
+
+
+#: What a plain HTTP request on the HTTPS port is told (nginx's words).
+PLAIN_HTTP_DETAIL = "The plain HTTP request was sent to HTTPS port"
 
 
 class UpgradeEndpoint(Protocol):
-    """What the server hands a WebSocket upgrade to (``enlace.web.websocket``)."""
+    """What the server hands a WebSocket upgrade to (``enlace.web.websocket``).
+
+    The protocol :meth:`upgrade` returns may say how the handshake was answered
+    (an ``int`` attribute ``status``: 101, or the refusal's 400, 403, 426...)
+    and the size of a refusal's body (``body_size``), for the access log; without
+    them the request is logged as 101. A ``GET /ws`` that is not an upgrade gets
+    ``426``, or ``403`` (after ``fail_delay`` seconds) when :meth:`authorized`
+    says its token is missing or wrong: the browser chat asks that way, since a
+    page cannot see why its WebSocket was refused.
+    """
+
+    #: Seconds before a request with a missing or wrong token is answered (None: at once).
+    fail_delay: float | None
+
+    def authorized(self, target: bytes, headers: Sequence[tuple[bytes, bytes]]) -> bool:
+        """Whether a request (target, header fields) carries the token, if one is required."""
+        ...
 
     def upgrade(
         self,
@@ -48,6 +88,18 @@ class UpgradeEndpoint(Protocol):
         *,
         on_close: Callable[[], None],
     ) -> asyncio.BaseProtocol: ...
+
+
+def plain_http_answer(first: bytes) -> bytes:
+    """The ``400`` a plain HTTP client on the HTTPS port gets, then the connection closes."""
+    body = error_page(400, PLAIN_HTTP_DETAIL)
+    head = response_head(
+        400,
+        [("Content-Type", "text/html; charset=utf-8"), ("Content-Length", str(len(body)))],
+        date=email.utils.formatdate(usegmt=True).encode(),
+        keep_alive=False,
+    )
+    return head + body
 
 
 class WebServer:
@@ -78,6 +130,11 @@ class WebServer:
         send_timeout: float | None = SLOW_TIMEOUT,
         drain_timeout: float | None = DRAIN_TIMEOUT,
         backlog: int = 128,
+        ssl: _ssl.SSLContext | None = None,
+        handshake_timeout: float | None = TLS_HANDSHAKE_TIMEOUT,
+        allow: Sequence[str] | None = None,
+        max_per_ip: int | None = MAX_PER_IP,
+        policy: ConnectionPolicy | None = None,
     ) -> None:
         self.builtin = root is None
         self.root = SITE if root is None else root
@@ -98,6 +155,12 @@ class WebServer:
         self.send_timeout = send_timeout
         self.drain_timeout = drain_timeout
         self.backlog = backlog
+        #: TLS context (see :func:`enlace.tls.server_context`); None serves plain HTTP.
+        self.ssl = ssl
+        self.handshake_timeout = handshake_timeout
+        #: Who may connect; built from ``allow`` and ``max_per_ip`` unless given.
+        self.policy = policy or ConnectionPolicy(allow, max_per_ip=max_per_ip)
+        self._acceptor: TLSAcceptor | None = None
         self._server: asyncio.Server | None = None
         self._connections: set[HttpConnection] = set()
         self._active = 0
@@ -120,6 +183,8 @@ class WebServer:
     @property
     def address(self) -> tuple[str, int]:
         """The address actually listened on (the real port when 0 was asked for)."""
+        if self._acceptor is not None:
+            return peer_address(self._acceptor.listener.getsockname())
         if self._server is None or not self._server.sockets:
             raise EnlaceError("the server is not started")
         return peer_address(self._server.sockets[0].getsockname())
@@ -131,12 +196,26 @@ class WebServer:
 
     async def start(self) -> None:
         """Listen and start accepting; returns once the port is open."""
-        if self._server is not None:
+        if self._server is not None or self._acceptor is not None:
             return
         self._loop = asyncio.get_running_loop()
         self._stopped = asyncio.Event()
         self._log_requests = LOGGER.isEnabledFor(logging.INFO)
         sock = listen_tcp(self.host, self.port, backlog=self.backlog)
+        if self.ssl is not None:
+            self._acceptor = TLSAcceptor(
+                sock,
+                ssl=self.ssl,
+                protocol_factory=lambda: HttpConnection(self),
+                plain_answer=plain_http_answer,
+                policy=self.policy,
+                logger=LOGGER,
+                # Handshakes in progress are bounded like connections: each holds a socket.
+                max_handshakes=self.max_connections or MAX_CONNECTIONS,
+                handshake_timeout=self.handshake_timeout,
+            )
+            self._acceptor.start()
+            return
         self._server = await self._loop.create_server(
             lambda: HttpConnection(self), sock=sock, backlog=self.backlog
         )
@@ -153,17 +232,21 @@ class WebServer:
         ``drain_timeout`` (default: the server's) bounds the wait; then the rest
         are closed. ``None`` waits for ever.
         """
-        if self._server is None or self._shutting_down:
+        if (self._server is None and self._acceptor is None) or self._shutting_down:
             return
         if drain_timeout is not None and drain_timeout < 0:
             drain_timeout = self.drain_timeout
         self._shutting_down = True
-        if isinstance(self._loop, asyncio.selector_events.BaseSelectorEventLoop):
-            # See enlace.asyncio.server: stop watching the listening socket first.
-            for sock in self._server.sockets:
-                self._loop.remove_reader(sock.fileno())
-            await asyncio.sleep(0)
-        self._server.close()
+        if self._acceptor is not None:
+            await self._acceptor.stop()
+        else:
+            assert self._server is not None
+            if isinstance(self._loop, asyncio.selector_events.BaseSelectorEventLoop):
+                # See enlace.asyncio.server: stop watching the listening socket first.
+                for sock in self._server.sockets:
+                    self._loop.remove_reader(sock.fileno())
+                await asyncio.sleep(0)
+            self._server.close()
         self._drained = asyncio.Event()
         for connection in list(self._connections):
             connection.drain()
@@ -176,7 +259,8 @@ class WebServer:
                 self._drained.clear()
                 if self._connections:
                     await asyncio.wait_for(self._drained.wait(), 1.0)
-        await self._server.wait_closed()
+        if self._server is not None:
+            await self._server.wait_closed()
         assert self._stopped is not None
         self._stopped.set()
 
@@ -186,6 +270,7 @@ class WebServer:
         self._connections.discard(connection)
         if connection.counted:
             self._active -= 1
+            self.policy.release(connection.peer)
         if not self._connections and self._drained is not None:
             self._drained.set()
 

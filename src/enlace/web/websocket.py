@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from typing import Any
 
 from enlace.addresses import format_address
@@ -33,6 +33,7 @@ from enlace.limits import (
     MAX_OUTBOUND,
     MAX_WS_MESSAGE,
     SLOW_TIMEOUT,
+    TOKEN_FAIL_DELAY,
     WRITE_BUFFER_HIGH,
     WS_CLOSE_TIMEOUT,
     WS_PING_INTERVAL,
@@ -40,7 +41,7 @@ from enlace.limits import (
 )
 from enlace.logs import log_closed, logger_for
 from enlace.protocol.framing import LengthPrefixDecoder, pack_header
-from enlace.protocol.websocket import CloseCode, ServerProtocol
+from enlace.protocol.websocket import CloseCode, ServerProtocol, token_matches
 from enlace.services.base import StreamHandler, StreamService
 from enlace.sockets import peer_address
 
@@ -60,7 +61,9 @@ class WebSocketEndpoint:
     other origins that may connect (``scheme://host[:port]``, ``*`` for any).
     Past ``max_outbound`` bytes of output waiting, or with output unread for
     ``slow_timeout`` seconds, a browser is dropped so that the chat never waits
-    for it.
+    for it. A missing or wrong token is answered ``403`` after ``fail_delay``
+    seconds (then the connection closes), so that each guess costs time; the
+    chat never sees such a client.
     """
 
     def __init__(
@@ -75,9 +78,11 @@ class WebSocketEndpoint:
         close_timeout: float | None = WS_CLOSE_TIMEOUT,
         max_outbound: int | None = MAX_OUTBOUND,
         slow_timeout: float | None = SLOW_TIMEOUT,
+        fail_delay: float | None = TOKEN_FAIL_DELAY,
     ) -> None:
         self.chat = chat
         self.token = token
+        self.fail_delay = fail_delay
         self.allowed_origins = tuple(allowed_origins)
         self.max_message = max_message
         self.ping_interval = ping_interval
@@ -88,6 +93,12 @@ class WebSocketEndpoint:
         self.logger = logger_for("websocket")
         #: The connections open now (handshake done or in progress).
         self.connections: set[WebSocketConnection] = set()
+
+    def authorized(self, target: bytes, headers: Sequence[tuple[bytes, bytes]]) -> bool:
+        """Whether a request carries the token (``?token=`` or a Bearer header), if one is set."""
+        if self.token is None:
+            return True
+        return token_matches(target.decode("latin-1"), headers, self.token)
 
     def upgrade(
         self,
@@ -143,6 +154,7 @@ class WebSocketConnection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._slow_timer: asyncio.TimerHandle | None = None
+        self._held: asyncio.TimerHandle | None = None  # a token refusal, answered late
         self._started = _monotonic()
         self.bytes_in = 0
         self.bytes_out = 0
@@ -164,10 +176,26 @@ class WebSocketConnection(asyncio.Protocol):
                 self._callback(self._handler.connection_made, _ChatTransport(self))
         # The web server may have stopped reading while it decided; the connection is ours now.
         self._transport.resume_reading()
-        if rest and not self._ws.should_close:
+        refusal = self._ws.refusal
+        delay = self._endpoint.fail_delay
+        if refusal is not None and refusal.token and delay:
+            self._held = self._loop.call_later(delay, self._answer_held)
+        elif rest and not self._ws.should_close:
             self.data_received(rest)
         else:
             self._flush()
+
+    @property
+    def status(self) -> int:
+        """How the handshake was answered: 101, or the refusal's status (for the access log)."""
+        refusal = self._ws.refusal
+        return 101 if refusal is None else refusal.status
+
+    @property
+    def body_size(self) -> int:
+        """Bytes of the refusal's body (0 once switched)."""
+        refusal = self._ws.refusal
+        return 0 if refusal is None else len(refusal.body)
 
     # -- asyncio.Protocol (what the loop calls) --------------------------------------
 
@@ -211,7 +239,7 @@ class WebSocketConnection(asyncio.Protocol):
         if self._gone:
             return
         self._gone = True
-        for timer in (self._timer, self._slow_timer):
+        for timer in (self._timer, self._slow_timer, self._held):
             if timer is not None:
                 timer.cancel()
         for task in self._tasks:
@@ -312,9 +340,13 @@ class WebSocketConnection(asyncio.Protocol):
             self._corked = False
         self._flush()
 
+    def _answer_held(self) -> None:
+        self._held = None
+        self._flush()
+
     def _flush(self) -> None:
         """Write what the protocol has for the peer; close if it says so; re-arm the timer."""
-        if self._gone:
+        if self._gone or self._held is not None:
             return
         ws, transport = self._ws, self._transport
         data = ws.data_to_send()
