@@ -287,10 +287,12 @@ def _warn_if_open(args: argparse.Namespace) -> None:
         )
 
 
-def _tls_hint(args: argparse.Namespace) -> str | None:
+def _tls_hint(args: argparse.Namespace, *, web: bool = False) -> str | None:
     cert = getattr(args, "tls_cert", None)
     if cert is None:
         return None
+    if web:
+        return f"  tls: https:// and wss://; browsers must trust {cert} if it is self-signed"
     return f"  tls: clients add --tls (and --ca {cert} if it is self-signed)"
 
 
@@ -309,8 +311,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         _warn_if_open(args)
         for launch, address in started:
             print(f"enlace: {describe(launch, address, _engine(runtime, args))}", flush=True)
-            print(f"  try it: {_try_it(entry, address)}", flush=True)
-            if (hint := _tls_hint(args)) and launch.transport == "tcp":
+            print(f"  try it: {_try_it(entry, address, args)}", flush=True)
+            web = isinstance(launch.service, WebApp)
+            if (hint := _tls_hint(args, web=web)) and launch.transport == "tcp":
                 print(hint, flush=True)
 
     tls = _server_tls(args)
@@ -353,7 +356,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
                 (
                     launch.name,
                     f"{launch.transport} {format_address(*address)}",
-                    _try_it(entry, address),
+                    _try_it(entry, address, args),
                 )
             )
         listed = [
@@ -368,15 +371,25 @@ def _cmd_up(args: argparse.Namespace) -> int:
         for name, where, try_it in rows:
             print(f"  {name:<{widths[0]}}  {where:<{widths[1]}}  {try_it}")
         if hint := _tls_hint(args):
-            print(f"\n{hint.strip()} (every tcp service)")
+            print(f"\n{hint.strip()} (every tcp service; the web server: https:// and wss://)")
         print("\nCtrl-C stops everything.", flush=True)
 
     return run_servers(launches, runtime, announce, loop=args.loop)
 
 
-def _try_it(entry: ServiceEntry, address: tuple[str, int]) -> str:
+def _try_it(entry: ServiceEntry, address: tuple[str, int], args: argparse.Namespace) -> str:
     host, port = address
-    return entry.try_it.format(host=host, port=port, address=format_address(host, port))
+    cert = getattr(args, "tls_cert", None)
+    # A placeholder: the secret itself never goes to the terminal or a log.
+    page = "chat.html#token=TOKEN" if getattr(args, "token", None) else ""
+    return entry.try_it.format(
+        host=host,
+        port=port,
+        address=format_address(host, port),
+        scheme="https" if cert else "http",
+        cacert=f" --cacert {cert}" if cert else "",
+        page=page,
+    )
 
 
 def _connect_target(words: list[str]) -> tuple[str, int]:

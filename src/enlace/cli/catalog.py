@@ -43,7 +43,9 @@ class ServiceEntry:
     transport: Literal["tcp", "udp"]
     summary: str
     #: Shell line to try the service; ``{host}``, ``{port}`` and ``{address}``
-    #: (``HOST:PORT``, IPv6 in brackets) are filled in.
+    #: (``HOST:PORT``, IPv6 in brackets) are filled in, and for the web server
+    #: ``{scheme}`` (http or https), ``{cacert}`` (curl's `` --cacert FILE`` under
+    #: TLS) and ``{page}`` (the chat page with a token placeholder under --token).
     try_it: str
     build: Callable[[argparse.Namespace], StreamService | DatagramService | WebApp]
     add_options: Callable[[argparse.ArgumentParser], None] = lambda parser: None
@@ -249,7 +251,8 @@ CATALOG: dict[str, ServiceEntry] = {
             port=8088,
             transport="tcp",
             summary="HTTP/1.1 static files (--root DIR) and the browser chat over WebSocket",
-            try_it="open http://{address}/ in a browser (or: curl http://{address}/)",
+            try_it="open {scheme}://{address}/{page} in a browser "
+            "(or: curl{cacert} {scheme}://{address}/)",
             build=_build_web,
             add_options=_web_options,
             idle_timeout=False,

@@ -66,6 +66,9 @@ def _build_sync(launch: Launch, loop: str) -> _SyncServer:
             max_connections=cap,
             drain_timeout=launch.drain_timeout,
             loop_factory=event_loop_factory(loop),
+            ssl=launch.ssl,
+            allow=launch.allow,
+            max_per_ip=launch.max_per_ip,
         )
     if isinstance(launch.service, DatagramService):
         return enlace.sync.DatagramServer(
@@ -84,7 +87,13 @@ def _build_async(launch: Launch) -> _AsyncServer:
     if isinstance(launch.service, WebApp):
         cap = MAX_CONNECTIONS if launch.max_connections == "default" else launch.max_connections
         return launch.service.server(
-            launch.host, launch.port, max_connections=cap, drain_timeout=launch.drain_timeout
+            launch.host,
+            launch.port,
+            max_connections=cap,
+            drain_timeout=launch.drain_timeout,
+            ssl=launch.ssl,
+            allow=launch.allow,
+            max_per_ip=launch.max_per_ip,
         )
     if isinstance(launch.service, DatagramService):
         return enlace.asyncio.DatagramServer(

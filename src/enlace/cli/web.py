@@ -3,7 +3,9 @@
 The runner starts services by kind; :class:`WebApp` is the web server's kind:
 the options it was given and the chat it bridges to the browser, from which
 the runner builds a :class:`~enlace.web.WebServer` on either runtime (under
-``--runtime threads`` it runs on an event loop of its own thread).
+``--runtime threads`` it runs on an event loop of its own thread), with the
+TLS context, allow-list and per-address cap every server takes, and the
+``--token`` its browser chat requires.
 """
 
 from __future__ import annotations
@@ -11,17 +13,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
+import os
+import ssl as _ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from enlace.cli.options import optional_number
+from enlace.cli.options import TOKEN_ENV, optional_number
 from enlace.limits import (
     HTTP_HEAD_TIMEOUT,
     HTTP_KEEPALIVE_TIMEOUT,
     MAX_BODY,
     MAX_HEADER_BYTES,
     MAX_HEADERS,
+    MAX_PER_IP,
     MAX_REQUEST_LINE,
 )
 from enlace.services.chat import ChatService
@@ -38,11 +43,21 @@ class WebApp:
     root: str | None = None
     listing: bool = False
     chat: ChatService | None = None
+    #: The token the browser chat (``/ws``) requires; the files stay public.
+    token: str | None = None
     limits: dict[str, Any] = field(default_factory=dict)
     servers: list[WebServer] = field(default_factory=list)
 
     def server(
-        self, host: str, port: int, *, max_connections: int | None, drain_timeout: float | None
+        self,
+        host: str,
+        port: int,
+        *,
+        max_connections: int | None,
+        drain_timeout: float | None,
+        ssl: _ssl.SSLContext | None = None,
+        allow: list[str] | None = None,
+        max_per_ip: int | None = MAX_PER_IP,
     ) -> WebServer:
         """A new :class:`WebServer` with these options (remembered for :meth:`set_services`)."""
         server = WebServer(
@@ -53,6 +68,9 @@ class WebApp:
             websocket=self._endpoint(),
             max_connections=max_connections,
             drain_timeout=drain_timeout,
+            ssl=ssl,
+            allow=allow,
+            max_per_ip=max_per_ip,
             **self.limits,
         )
         self.servers.append(server)
@@ -66,10 +84,19 @@ class WebApp:
         max_connections: int | None,
         drain_timeout: float | None,
         loop_factory: Callable[[], asyncio.AbstractEventLoop] | None,
+        ssl: _ssl.SSLContext | None = None,
+        allow: list[str] | None = None,
+        max_per_ip: int | None = MAX_PER_IP,
     ) -> WebServerThread:
         """The same server on an event loop of its own thread (the threads runtime)."""
         server = self.server(
-            host, port, max_connections=max_connections, drain_timeout=drain_timeout
+            host,
+            port,
+            max_connections=max_connections,
+            drain_timeout=drain_timeout,
+            ssl=ssl,
+            allow=allow,
+            max_per_ip=max_per_ip,
         )
         return WebServerThread(server, loop_factory=loop_factory)
 
@@ -86,7 +113,7 @@ class WebApp:
             module = importlib.import_module("enlace.web.websocket")
         except ModuleNotFoundError:
             return None
-        endpoint: UpgradeEndpoint = module.WebSocketEndpoint(self.chat)
+        endpoint: UpgradeEndpoint = module.WebSocketEndpoint(self.chat, token=self.token)
         return endpoint
 
 
@@ -101,6 +128,14 @@ def web_options(parser: argparse.ArgumentParser) -> None:
         "--list",
         action="store_true",
         help="list the files of a directory without index.html (default: 404)",
+    )
+    parser.add_argument(
+        "--token",
+        default=os.environ.get(TOKEN_ENV) or None,
+        metavar="SECRET",
+        help="the browser chat (/ws) requires this token: open /chat.html#token=SECRET, "
+        "or the page asks for it; the files stay public "
+        f"(default: ${TOKEN_ENV} if set, else no token)",
     )
     for option, default, what in (
         ("--max-request-line", MAX_REQUEST_LINE, "longest request line, in bytes (414 past it)"),
@@ -149,5 +184,6 @@ def build_web(args: argparse.Namespace, chat: ChatService | None) -> WebApp:
         root=getattr(args, "root", None),
         listing=bool(getattr(args, "list", False)),
         chat=chat,
+        token=getattr(args, "token", None) or None,
         limits=limits,
     )
