@@ -24,6 +24,30 @@
       try { localStorage.setItem(`enlace.${key}`, value); } catch { /* private mode */ }
     },
   };
+  // The access token (--token) lives in this tab only: sessionStorage, not localStorage.
+  const tokenStore = {
+    get() {
+      try { return sessionStorage.getItem("enlace.token"); } catch { return null; }
+    },
+    set(value) {
+      try { sessionStorage.setItem("enlace.token", value); } catch { /* private mode */ }
+    },
+  };
+
+  // A token comes as chat.html#token=... (a fragment never reaches the server, so it is in
+  // no request line or log) or ?token=...; then it is kept for this tab and taken out of
+  // the address bar, so that copying the address does not share it.
+  function tokenFromAddress() {
+    const fromHash = new URLSearchParams(location.hash.slice(1)).get("token");
+    const query = new URLSearchParams(location.search);
+    const token = fromHash || query.get("token");
+    if (!token) return tokenStore.get();
+    tokenStore.set(token);
+    query.delete("token");
+    const search = query.toString();
+    history.replaceState(null, "", location.pathname + (search ? `?${search}` : ""));
+    return token;
+  }
 
   const state = {
     ws: null,
@@ -36,6 +60,8 @@
     room: saved.get("room") || DEFAULT_ROOM,
     members: [],
     delay: FIRST_DELAY,
+    token: tokenFromAddress(),
+    opened: false, // whether the current WebSocket ever opened
     seen: new Set(),
     seenOrder: [],
     live: new Map(), // assistant stream id -> its line, growing as the answer streams
@@ -46,13 +72,16 @@
 
   function connect() {
     const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-    const token = new URLSearchParams(location.search).get("token");
-    const query = token ? `?token=${encodeURIComponent(token)}` : "";
+    // A browser's WebSocket cannot send headers: the token can only go in the query.
+    const query = state.token ? `?token=${encodeURIComponent(state.token)}` : "";
     const ws = new WebSocket(`${scheme}//${location.host}/ws${query}`);
     state.ws = ws;
     state.ready = false;
+    state.opened = false;
     setStatus("connecting", "connecting…");
     ws.onopen = () => {
+      state.opened = true;
+      $("token-form").hidden = true;
       setUp(ws).catch((error) => {
         if (state.ws !== ws) return;
         note(`could not join: ${error.message}`, "error");
@@ -63,8 +92,33 @@
       if (state.ws === ws) receive(message.data);
     };
     ws.onclose = (closed) => {
-      if (state.ws === ws) lost(closed);
+      if (state.ws !== ws) return;
+      if (state.opened) {
+        lost(closed);
+        return;
+      }
+      // Refused before opening: a page cannot see the status, so ask whether it was the
+      // token (403) or something else (the server is down, restarting...).
+      tokenRefused().then((refused) => (refused ? askToken() : lost(closed)));
     };
+  }
+
+  async function tokenRefused() {
+    try {
+      const headers = state.token ? { Authorization: `Bearer ${state.token}` } : {};
+      const answer = await fetch("/ws", { headers, cache: "no-store" });
+      return answer.status === 403;
+    } catch {
+      return false; // no answer at all: the server is not there
+    }
+  }
+
+  function askToken() {
+    const form = $("token-form");
+    const wrong = Boolean(state.token);
+    form.hidden = false;
+    setStatus("down", wrong ? "wrong access token" : "an access token is needed");
+    $("token-input").focus();
   }
 
   function lost(closed) {
@@ -439,6 +493,18 @@
     const input = $("join-input");
     joinRoom(input.value);
     input.value = "";
+  });
+  $("token-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const input = $("token-input");
+    const token = input.value.trim();
+    if (!token) return;
+    input.value = "";
+    state.token = token;
+    tokenStore.set(token);
+    $("token-form").hidden = true;
+    state.delay = FIRST_DELAY;
+    connect();
   });
   $("toggle-side").addEventListener("click", () => {
     const open = $("side").classList.toggle("open");
