@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import socket
+import ssl
 
 import pytest
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect as ws_connect
 
 from enlace.cli import parser, up_launches
 from enlace.cli.web import WebApp
@@ -90,3 +94,81 @@ def test_under_up_the_browser_chat_shares_the_chat_services_rooms():
     web, chat = launches["web"].service, launches["chat"].service
     assert isinstance(web, WebApp) and isinstance(chat, ChatService)
     assert web.chat is chat
+
+
+# -- HTTPS, the token and the allow-list from the command line ------------------------------
+
+
+@pytest.fixture(scope="module")
+def cert_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """A self-signed certificate made by ``enlace cert`` (localhost, 127.0.0.1, ::1)."""
+    where = tmp_path_factory.mktemp("cert")
+    made = run("cert", "--out", str(where))
+    assert made.returncode == 0, made.stderr
+    return str(where / "enlace-cert.pem"), str(where / "enlace-key.pem")
+
+
+def wss_ping(port: int, cert: str, query: str = "") -> str:
+    context = ssl.create_default_context(cafile=cert)
+    url = f"wss://localhost:{port}/ws{query}"
+    with ws_connect(url, ssl=context, open_timeout=5) as ws:
+        ws.send(json.dumps({"id": 1, "cmd": "ping"}))
+        while True:
+            message = ws.recv(timeout=5)
+            assert isinstance(message, str)
+            if message.startswith("{") and json.loads(message).get("id") == 1:
+                return str(json.loads(message)["result"])
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_serve_web_over_https_with_a_token_from_the_environment(runtime, cert_files, monkeypatch):
+    cert, key = cert_files
+    monkeypatch.setenv("ENLACE_TOKEN", "s3cret-web")
+    args = ["--tls-cert", cert, "--tls-key", key, "--runtime", runtime]
+    with server("serve", "web", "--port", "0", *args, marker=b"tls: ") as cli:
+        port = cli.port
+        try_it = f"open https://127.0.0.1:{port}/chat.html#token=TOKEN in a browser"
+        assert try_it.encode() in cli.banner
+        assert f"curl --cacert {cert} https://127.0.0.1:{port}/".encode() in cli.banner
+        home = curl("-i", "--cacert", cert, f"https://localhost:{port}/")
+        assert home.returncode == 0, home.stderr
+        assert home.stdout.startswith(b"HTTP/1.1 200 OK") and b"<h1>enlace</h1>" in home.stdout
+        plain = curl("-i", f"http://127.0.0.1:{port}/")
+        assert plain.stdout.startswith(b"HTTP/1.1 400")
+        assert b"The plain HTTP request was sent to HTTPS port" in plain.stdout
+        assert wss_ping(port, cert, "?token=s3cret-web") == "pong"
+        with pytest.raises(InvalidStatus) as refused:
+            wss_ping(port, cert, "?token=guess")
+        assert refused.value.response.status_code == 403
+        assert curl("--cacert", cert, f"https://localhost:{port}/chat.html").returncode == 0
+        code, err = cli.stop(signal.SIGINT)
+    assert code == 0
+    assert b"s3cret-web" not in cli.banner + err and b"guess" not in err
+    assert b'"GET /ws?token=<hidden> HTTP/1.1" 101' in err
+    assert b'"GET /ws?token=<hidden> HTTP/1.1" 403' in err
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_up_with_a_certificate_serves_https_and_wss_on_the_web_entry(runtime, cert_files):
+    cert, key = cert_files
+    args = ["--tls-cert", cert, "--tls-key", key, "--token", "up-secret", "--runtime", runtime]
+    with server("up", "--any-port", *args, marker=b"Ctrl-C stops everything") as cli:
+        port = cli.table()["web"][1]
+        assert f"open https://127.0.0.1:{port}/chat.html#token=TOKEN".encode() in cli.banner
+        assert b"the web server: https:// and wss://" in cli.banner
+        page = curl("--cacert", cert, f"https://localhost:{port}/")
+        assert page.returncode == 0 and b"https://127.0.0.1:" in page.stdout
+        assert wss_ping(port, cert, "?token=up-secret") == "pong"
+        code, err = cli.stop(signal.SIGTERM)
+    assert code == 0
+    assert b"up-secret" not in cli.banner + err
+
+
+def test_serve_web_closes_a_client_outside_the_allow_list_at_once():
+    with server("serve", "web", "--port", "0", "--allow", "10.0.0.0/8") as cli:
+        refused = curl("-sS", f"http://127.0.0.1:{cli.port}/")
+        assert refused.returncode != 0 and refused.stdout == b""
+        code, err = cli.stop()
+    assert code == 0
+    assert b"127.0.0.1 refused: not in the allow-list" in err
+    assert b'"GET / HTTP/1.1"' not in err  # never reached the HTTP handler

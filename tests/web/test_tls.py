@@ -67,7 +67,7 @@ def ca_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def curl(url: str, ca: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
     assert CURL is not None
     return subprocess.run(
-        [CURL, "-sS", "--max-time", "10", "--cacert", str(ca), *args, url],
+        [CURL, "-sS", "--noproxy", "*", "--max-time", "10", "--cacert", str(ca), *args, url],
         capture_output=True,
         timeout=15,
         check=False,
@@ -201,7 +201,7 @@ def test_plain_http_on_the_https_port_gets_a_clear_400_and_others_are_still_serv
     assert b"Connection: close\r\n" in answer
     assert PLAIN_HTTP_DETAIL.encode() in answer
     plain_curl = subprocess.run(
-        [str(CURL), "-sS", "-i", f"http://127.0.0.1:{server.address[1]}/hola.txt"],
+        [str(CURL), "-sS", "--noproxy", "*", "-i", f"http://127.0.0.1:{server.address[1]}/hola.txt"],
         capture_output=True,
         timeout=15,
         check=False,
