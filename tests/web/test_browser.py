@@ -10,12 +10,18 @@ running the tests does not leave a changed image behind.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import os
+import ssl
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import trustme
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 import enlace.asyncio
 from enlace.services.chat import ChatService
@@ -291,3 +297,63 @@ def test_a_page_from_another_origin_cannot_connect(browser, site, pages):
     )
     assert result == "closed 1006"  # the handshake was refused (403), so no WebSocket
     open_chat(browser, pages, site.url, "ana")  # and the server's own page still connects
+
+
+# -- HTTPS and the token -------------------------------------------------------------------
+
+
+def spki_hash(pem: bytes) -> str:
+    """The base64 SHA-256 of a certificate's public key, as Chromium pins it."""
+    key = x509.load_pem_x509_certificate(pem).public_key()
+    der = key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return base64.b64encode(hashlib.sha256(der).digest()).decode()
+
+
+def test_over_https_the_page_takes_its_token_from_the_fragment_or_asks_for_it(browser):
+    ca = trustme.CA()
+    leaf = ca.issue_cert("localhost", "127.0.0.1")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    leaf.configure_cert(context)
+    loop = LoopThread()
+
+    async def make() -> WebServer:
+        endpoint = WebSocketEndpoint(ChatService(flood_burst=None), token="s3cret", fail_delay=0.1)
+        web = WebServer(None, "127.0.0.1", 0, websocket=endpoint, ssl=context)
+        await web.start()
+        return web
+
+    web = loop.run(make())
+    # Chromium trusts exactly this certificate's key (a pin, not "ignore every error").
+    pin = "--ignore-certificate-errors-spki-list=" + spki_hash(leaf.cert_chain_pems[0].bytes())
+    try:
+        # Its own Chromium, with the pin, from the module's Playwright.
+        chromium = browser.browser_type.launch(executable_path=CHROMIUM, args=[*ARGS, pin])
+        try:
+            base = f"https://localhost:{web.address[1]}/chat.html"
+            ana = chromium.new_context().new_page()
+            ana.goto(base + "#token=s3cret")
+            expect(ana.locator("body")).to_have_attribute("data-state", "ok", timeout=WAIT)
+            assert "s3cret" not in ana.url  # taken out of the address bar
+            ana.reload()  # kept for the tab
+            expect(ana.locator("body")).to_have_attribute("data-state", "ok", timeout=WAIT)
+
+            bea = chromium.new_context().new_page()
+            bea.goto(base)
+            expect(bea.locator("#token-form")).to_be_visible(timeout=WAIT)
+            expect(bea.locator("#status")).to_have_text("an access token is needed")
+            bea.fill("#token-input", "wrong")
+            bea.press("#token-input", "Enter")
+            expect(bea.locator("#status")).to_have_text("wrong access token", timeout=WAIT)
+            bea.fill("#token-input", "s3cret")
+            bea.press("#token-input", "Enter")
+            expect(bea.locator("body")).to_have_attribute("data-state", "ok", timeout=WAIT)
+            expect(bea.locator("#token-form")).to_be_hidden()
+            say(bea, "hola por https")
+            expect(log_of(ana)).to_contain_text("hola por https", timeout=WAIT)
+        finally:
+            chromium.close()
+    finally:
+        loop.run(web.shutdown(0.0))
+        loop.close()
