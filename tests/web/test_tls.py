@@ -201,7 +201,14 @@ def test_plain_http_on_the_https_port_gets_a_clear_400_and_others_are_still_serv
     assert b"Connection: close\r\n" in answer
     assert PLAIN_HTTP_DETAIL.encode() in answer
     plain_curl = subprocess.run(
-        [str(CURL), "-sS", "--noproxy", "*", "-i", f"http://127.0.0.1:{server.address[1]}/hola.txt"],
+        [
+            str(CURL),
+            "-sS",
+            "--noproxy",
+            "*",
+            "-i",
+            f"http://127.0.0.1:{server.address[1]}/hola.txt",
+        ],
         capture_output=True,
         timeout=15,
         check=False,
