@@ -45,7 +45,10 @@ class Outbound:
         self._max_outbound = max_outbound
         self._slow_timeout = slow_timeout
         self._pending = bytearray()
-        self._lock = threading.Condition()
+        # A plain lock under the condition: send() takes it once per reply, and
+        # ``with`` on a Lock is a C call where a Condition's __enter__ is Python.
+        self._mutex = threading.Lock()
+        self._lock = threading.Condition(self._mutex)
         self._flusher: threading.Thread | None = None
         self._high_since: float | None = None  # when more than WRITE_BUFFER_HIGH began waiting
         #: Why sending stopped, once it has.
@@ -61,8 +64,8 @@ class Outbound:
 
     def send(self, data: bytes | memoryview, *, own_thread: bool) -> None:
         """Send ``data``, or queue it; with ``own_thread``, wait while the client lags."""
-        with self._lock:
-            if own_thread:
+        with self._mutex:
+            if own_thread and len(self._pending) > WRITE_BUFFER_HIGH:
                 self._wait_below(WRITE_BUFFER_HIGH)
             if self.failure is not None:
                 return
