@@ -96,6 +96,8 @@ class _Connection:
         self._peer = peer
         self._handler = handler
         self._close_requested = threading.Event()
+        # The event's flag as a plain attribute, for the per-chunk and per-reply checks.
+        self._closing = False
         self._owner: int | None = None
         # Replies written by the handler during a callback, sent together after it.
         self._corked: list[bytes] | None = None
@@ -120,7 +122,7 @@ class _Connection:
         return self._peer
 
     def write(self, data: bytes) -> None:
-        if not data or self._close_requested.is_set():
+        if not data or self._closing:
             return  # as in the asyncio runtime: nothing is sent after close()
         if self._corked is not None and _get_ident() == self._owner:
             self._corked.append(data)
@@ -130,6 +132,7 @@ class _Connection:
     def close(self) -> None:
         if self._close_requested.is_set():
             return
+        self._closing = True
         self._close_requested.set()
         if threading.get_ident() != self._owner:
             # Wake the connection's thread from recv(); it sends what is still
@@ -173,6 +176,7 @@ class _Connection:
 
     def _send_failed(self, reason: str, error: OSError | None) -> None:
         self._send_failure = (reason, error)
+        self._closing = True
         self._close_requested.set()
         with contextlib.suppress(OSError):
             self._sock.shutdown(socket.SHUT_RDWR)  # wake the connection's thread
@@ -199,12 +203,8 @@ class _Connection:
         buffer = memoryview(bytearray(_THREAD_READ_SIZE))
         try:
             self._call(handler.connection_made, self)
-            recv_into, received, stopping = (
-                sock.recv_into,
-                handler.data_received,
-                self._close_requested.is_set,
-            )
-            while not stopping():
+            recv_into, received, send = sock.recv_into, handler.data_received, self._outbound.send
+            while not self._closing:
                 size = recv_into(buffer)
                 data = buffer[:size].tobytes()
                 if size == len(buffer) < READ_SIZE:
@@ -224,8 +224,8 @@ class _Connection:
                     received(data)
                 finally:
                     corked, self._corked = self._corked, None
-                    if corked:
-                        self._send(corked[0] if len(corked) == 1 else b"".join(corked))
+                    if corked:  # _send(), on the connection's own thread
+                        send(corked[0] if len(corked) == 1 else b"".join(corked), own_thread=True)
             if self._send_failure is not None:
                 reason, error = self._send_failure
             elif self._close_requested.is_set():
