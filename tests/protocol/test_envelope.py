@@ -1374,3 +1374,88 @@ def test_property_server_connection_is_independent_of_splitting(
         # The requests before the error: all of them, however the stream is cut.
         assert whole == by_byte
         assert split == by_byte
+
+
+# ------------------------------------------- receive_text_commands: the fast path of receive()
+
+# Payloads at the edges of "a plain text command": each must come out exactly as receive() says.
+COMMANDISH = [
+    b"",
+    b"/echo hola",
+    b"/ECHO  dos  espacios ",
+    b"/ping",
+    b"/",
+    b"/ x",
+    b"//x",
+    b"/\tx",
+    b"/echo\thola",
+    b"/echo\xc2\xa0x",  # a no-break space is whitespace to strip(), not the separator
+    b"/\xc3\x91and\xc3\xba \xe2\x80\x83x\xe2\x80\x83",
+    b"/\xc4\xb0",  # lower() lengthens it
+    b"/echo \xff",
+    b"\xff",
+    b"hola",
+    b'{"cmd": "ping"}',
+    b"[1]",
+    b"/" + b"a" * 35,
+]
+fast_streams = st.lists(
+    st.one_of(
+        st.sampled_from(COMMANDISH).map(frame),
+        st.binary(max_size=12).map(lambda body: frame(b"/" + body)),
+        st.sampled_from([header(41), header(40), b"\x00\x00"]),  # over the limit, or cut short
+    ),
+    max_size=10,
+).map(b"".join)
+
+
+def receive_fast(conn: ServerConnection, chunk: bytes) -> list[Request | BadRequest]:
+    """What the message server does with a chunk: the fast path, else receive()."""
+    conn.detect(chunk)
+    commands = conn.receive_text_commands(chunk)
+    if commands is None:
+        return conn.receive(chunk)
+    return [TextCommand(name, rest) for name, rest in commands]
+
+
+@PROPERTY
+@given(
+    data=fast_streams,
+    cuts=st.lists(st.integers(min_value=0, max_value=300), max_size=4),
+    start_json=st.booleans(),
+)
+def test_property_receive_text_commands_is_receive(
+    data: bytes, cuts: list[int], start_json: bool
+) -> None:
+    for chunks in ([data], split_at(data, cuts), bytewise(data)):
+        reference, fast = ServerConnection(max_frame=40), ServerConnection(max_frame=40)
+        if start_json:  # so that a text command visibly changes the form
+            for conn in (reference, fast):
+                conn.receive(frame(b'{"cmd": "ping"}'))
+        for chunk in chunks:
+            assert receive_fast(fast, chunk) == reference.receive(chunk)
+            assert fast.form == reference.form
+        # Whatever either holds of a cut frame, or its failure, shows in what comes next.
+        probe = frame(b"/ping") + frame(b"hola")
+        assert receive_fast(fast, probe) == reference.receive(probe)
+        assert fast.eof() == reference.eof()
+
+
+def test_receive_text_commands_serves_only_plain_framed_commands() -> None:
+    conn = ServerConnection(max_frame=40)
+    assert conn.receive_text_commands(frame(b"/ping")) is None  # the kind is not known yet
+    conn.detect(b"\x00")
+    data = frame(b"/UPPER  hola ") + frame(b"") + frame(b"/ping") + frame(b"/echo")[:6]
+    assert conn.receive_text_commands(data) == [("upper", "hola"), ("ping", "")]
+    assert conn.form == "text"
+    # The cut frame waits in the decoder, where receive() finishes it.
+    assert conn.receive_text_commands(b"cho") is None
+    assert conn.receive(b"cho") == [TextCommand("echo", "")]
+    for payload in (b"hola", b"//x", b'{"cmd":"x"}', b"/", b"/ x", b"/\tx", b"\xff"):
+        assert conn.receive_text_commands(frame(payload)) is None
+    assert conn.receive_text_commands(header(41)) is None
+    conn.trace = lambda direction, payload: None
+    assert conn.receive_text_commands(frame(b"/ping")) is None
+    lines = ServerConnection()
+    lines.detect(b"/")
+    assert lines.receive_text_commands(b"/ping\n") is None

@@ -86,6 +86,7 @@ class _Connection(asyncio.BufferedProtocol):
         self._slow_timer: asyncio.TimerHandle | None = None
         self._paused_by: set[str] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._read_buffer = server._read_buffer
         self.bytes_in = 0
         self.bytes_out = 0
 
@@ -160,10 +161,26 @@ class _Connection(asyncio.BufferedProtocol):
     def get_buffer(self, sizehint: int) -> memoryview:
         # Shared by all connections: the loop calls buffer_updated() right after
         # filling it, and buffer_updated() copies the bytes out before returning.
-        return self._server._read_buffer
+        return self._read_buffer
 
     def buffer_updated(self, nbytes: int) -> None:
-        self.data_received(bytes(self._server._read_buffer[:nbytes]))
+        # The hottest path of the runtime: _call() inlined, one write per chunk.
+        if self._closing:
+            self._discard(nbytes)
+            return
+        self.bytes_in += nbytes
+        self._last_activity = _monotonic()
+        corked: list[bytes] = []
+        self._corked = corked
+        try:
+            self._handler.data_received(self._read_buffer[:nbytes].tobytes())  # type: ignore[union-attr]
+        except Exception as exc:  # noqa: BLE001 - a handler bug costs one connection only
+            self._handler_failed(exc)
+        self._corked = None
+        if corked:
+            self._send(corked[0] if len(corked) == 1 else b"".join(corked))
+        if self._closing:
+            self._shut()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport = cast(asyncio.Transport, transport)
@@ -201,25 +218,6 @@ class _Connection(asyncio.BufferedProtocol):
             transport.abort()
             return
         self._call(self._handler.connection_made, self)
-
-    def data_received(self, data: bytes) -> None:
-        # The hottest path of the runtime: _call() inlined, one write per chunk.
-        if self._closing:
-            self._discard(len(data))
-            return
-        self.bytes_in += len(data)
-        self._last_activity = _monotonic()
-        corked: list[bytes] = []
-        self._corked = corked
-        try:
-            self._handler.data_received(data)  # type: ignore[union-attr]
-        except Exception as exc:  # noqa: BLE001 - a handler bug costs one connection only
-            self._handler_failed(exc)
-        self._corked = None
-        if corked:
-            self._send(corked[0] if len(corked) == 1 else b"".join(corked))
-        if self._closing:
-            self._shut()
 
     @property
     def _keep_open_on_eof(self) -> bool:

@@ -24,7 +24,13 @@ import orjson
 
 from enlace.exceptions import RemoteProtocolError
 from enlace.limits import MAX_FRAME, MAX_JSON, MAX_JSON_DEPTH, MAX_LINE
-from enlace.protocol.framing import DelimiterDecoder, LengthPrefixDecoder, pack_header
+from enlace.protocol.framing import (
+    HEADER_SIZE,
+    DelimiterDecoder,
+    LengthPrefixDecoder,
+    pack_header,
+    unpack_header,
+)
 
 __all__ = [
     "MAX_ID",
@@ -271,6 +277,7 @@ class ServerConnection:
         self._max_json = max_json
         self._max_json_depth = max_json_depth
         self._decoder: LengthPrefixDecoder | DelimiterDecoder | None = None
+        self._frame_limit = max_frame  # the frame decoder's, once there is one
         #: Called with ``("in" | "out", payload)`` for every payload, for ``--trace``.
         self.trace: Callable[[str, bytes], None] | None = None
 
@@ -283,6 +290,7 @@ class ServerConnection:
         if self._decoder is None and data:
             if data[0] == 0:
                 self.kind, self._decoder = "framed", LengthPrefixDecoder(max_size=self.max_frame)
+                self._frame_limit = self.max_frame
             else:
                 self.kind, self._decoder = "lines", DelimiterDecoder(max_size=self._max_line)
         return self._decoder is not None
@@ -302,6 +310,54 @@ class ServerConnection:
             # The requests before the bad frame are served; then the error, then a close.
             items.append(BadRequest(error.code, str(error), self.form, fatal=True))
         return items
+
+    def receive_text_commands(self, data: bytes) -> list[tuple[str, str]] | None:
+        """:meth:`receive` for the common case, as ``(name, rest)`` pairs, or ``None``.
+
+        When ``data`` (added to what is buffered) completes only text commands
+        and keep-alives, the result is what :meth:`receive` would return, each
+        :class:`TextCommand` as its ``(name, rest)``, with the same effect on
+        the connection's state; it costs a fraction, as the message server
+        answers most requests this way. Otherwise (a line client, ``trace``
+        set, a frame pending from earlier bytes or over the limit, a payload
+        that is JSON, chat text, invalid UTF-8 or a bad command name) it
+        returns ``None`` having consumed nothing, and the caller uses
+        :meth:`receive`.
+        """
+        decoder = self._decoder
+        if type(decoder) is not LengthPrefixDecoder or not decoder.at_boundary() or self.trace:
+            return None
+        limit = self._frame_limit
+        commands: list[tuple[str, str]] = []
+        position, end = 0, len(data)
+        while end - position >= HEADER_SIZE:
+            (size,) = unpack_header(data, position)
+            if limit is not None and size > limit:
+                return None  # receive() answers the frames before it, then the error
+            start = position + HEADER_SIZE
+            stop = start + size
+            if stop > end:
+                break
+            position = stop
+            if not size:
+                continue  # a keep-alive
+            # "/" but not "//" (chat text, escaped); the rest must be UTF-8, as all of it must.
+            if data[start] != 0x2F or (size > 1 and data[start + 1] == 0x2F):
+                return None
+            try:
+                text = data[start + 1 : stop].decode()
+            except UnicodeDecodeError:
+                return None
+            # Exactly parse_payload's reading of a command.
+            name, _, rest = text.partition(" ")
+            if not name or name != name.strip():
+                return None
+            commands.append((name.lower(), rest.strip()))
+        if position < end:
+            decoder.feed(data[position:])  # part of a frame, its header within the limit
+        if commands:
+            self.form = "text"
+        return commands
 
     def eof(self) -> list[Request | BadRequest]:
         """The client stopped sending: a final unterminated line still counts."""
@@ -350,6 +406,8 @@ class ServerConnection:
                 "reply_too_large",
                 f"the reply of {len(payload)} bytes exceeds the {self.max_frame}-byte limit",
             )
+        if self.trace is None and self.kind == "framed":
+            return pack_header(len(payload)) + payload  # encode(), for the common case
         return self.encode(payload)
 
     def error(self, request: Request | BadRequest | None, code: str, message: str) -> bytes:

@@ -49,6 +49,7 @@ __all__ = [
     "encode_fixed",
     "encode_length_prefixed",
     "pack_header",
+    "unpack_header",
 ]
 
 _HEADER = struct.Struct(">I")
@@ -57,6 +58,9 @@ HEADER_SIZE = _HEADER.size
 
 pack_header = _HEADER.pack
 """The 4-byte header for a payload of n bytes, unchecked: for callers that bounded n."""
+
+unpack_header = _HEADER.unpack_from
+"""``unpack_header(data, offset)``: the 1-tuple ``(n,)`` read from a header at ``offset``."""
 
 _MAX_HEADER_VALUE = 2**32 - 1
 
@@ -126,6 +130,10 @@ class LengthPrefixDecoder(_Failing):
     @property
     def max_size(self) -> int | None:
         return self._max_size
+
+    def at_boundary(self) -> bool:
+        """Whether the next bytes fed start with a header: healthy, no partial frame held."""
+        return not self._buffer and self._error is None
 
     def feed(self, data: bytes) -> list[bytes]:
         self._check()

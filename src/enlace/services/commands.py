@@ -22,7 +22,7 @@ from __future__ import annotations
 import inspect
 import math
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -122,6 +122,8 @@ class Command:
         self.is_async = inspect.iscoroutinefunction(function)
         if self.is_async and blocking:
             raise ValueError(f"/{name}: an async command cannot also be blocking")
+        #: Whether it answers at once, as a plain call (neither async nor blocking).
+        self.inline = not (self.is_async or blocking)
         doc = inspect.getdoc(function) or ""
         self.summary = doc.splitlines()[0] if doc else ""
         try:
@@ -150,6 +152,26 @@ class Command:
         self._required = sum(1 for p in self._params if p.required)
         words = [p.name.upper() if p.required else f"[{p.name.upper()}]" for p in self._params]
         self.usage = " ".join([f"/{name}", *words])
+        #: :meth:`arguments_from_text` for a stripped ``rest`` in the common case, made
+        #: ahead for the message server's fast path: ``None`` where that method would
+        #: convert or refuse (the caller then runs it, and it says why).
+        self.quick_text = self._quick_text_binder()
+
+    def _quick_text_binder(self) -> Callable[[str], list[Any] | None]:
+        count, required, defaults = len(self._params), self._required, self._defaults
+        if not self._text_only:
+            return lambda rest: None
+        if count == 0:
+            return lambda rest: None if rest else []
+        if count == 1:
+            missing = None if required else defaults
+            return lambda rest: [rest] if rest else missing and [*missing]
+
+        def bind(rest: str) -> list[Any] | None:
+            words = rest.split(None, count - 1) if rest else []
+            return words + defaults[len(words) :] if len(words) >= required else None
+
+        return bind
 
     def arguments_from_text(self, rest: str) -> list[Any]:
         """Split the rest of a text command into arguments: the last one takes the remainder."""
@@ -202,6 +224,11 @@ class CommandSet:
 
     def get(self, name: str) -> Command | None:
         return self._commands.get(name)
+
+    @property
+    def by_name(self) -> Mapping[str, Command]:
+        """The commands by name, live: a command registered later appears in it."""
+        return self._commands
 
     def __iter__(self) -> Iterator[Command]:
         return iter(sorted(self._commands.values(), key=lambda command: command.name))

@@ -42,6 +42,10 @@ NO_REPLY: Any = object()
 #: ``trace(direction, peer, payload)``: direction is ``"in"`` or ``"out"``.
 Tracer = Callable[[str, tuple[str, int], bytes], None]
 
+# The reply to a text command depends on nothing but its form (text, no id), so the
+# fast path answers through this stand-in rather than building a request per command.
+_TEXT = TextCommand("", "")
+
 
 class Session:
     """One connected client, as commands see it (``ctx.session``)."""
@@ -89,24 +93,59 @@ class _MessageHandler(StreamHandler):
         self._eof = False
         self._closing = False
         self._backlog: deque[Request | BadRequest] = deque()
+        self._commands = service.commands.by_name
         self.session: Session
+        self._context: Context
 
     def connection_made(self, transport: Transport) -> None:
         super().connection_made(transport)
         self.session = self._service._add(transport, self._protocol)
+        # One for the connection's life: a command's ctx is always this session and service.
+        self._context = Context(self.session, self._service)
         trace = self._service.trace
         if trace is not None:
             peer = transport.peer
             self._protocol.trace = lambda direction, payload: trace(direction, peer, payload)
 
     def data_received(self, data: bytes) -> None:
-        if self._protocol.kind == "unknown":
-            if not self._protocol.detect(data):
+        protocol = self._protocol
+        if protocol.kind == "unknown":
+            if not protocol.detect(data):
                 return
             # Greet before serving the first requests, in text form, however TCP cut them.
             self._service.on_start(self.session)
-        for item in self._protocol.receive(data):
-            self._submit(item)
+        commands = protocol.receive_text_commands(data)
+        if commands is None:
+            for item in protocol.receive(data):
+                self._submit(item)
+            return
+        # The fast path: what _submit() and _serve() do for text commands, without
+        # building a request for each. It serves known commands that answer at once
+        # (neither async nor blocking) and whose arguments bind as given; anything else
+        # (an unknown command, bad arguments, a busy or closing session) goes through
+        # _submit(), which answers exactly as for any other request.
+        table, session, write = self._commands, self.session, self.transport.write
+        for name, rest in commands:
+            command = table.get(name)
+            if command is None or not command.inline or self._busy or self._closing:
+                self._submit(TextCommand(name, rest))
+                continue
+            args = command.quick_text(rest)
+            if args is None:
+                self._serve(TextCommand(name, rest))  # binds as usual, refusing or converting
+                continue
+            if command.takes_context:
+                args.insert(0, self._context)
+            try:
+                result = command.function(*args)
+            except Exception as exc:  # noqa: BLE001 - a command's failure becomes its error reply
+                self._answer_error(_TEXT, command, exc)
+                continue
+            # _answer(), inlined: a text client gets no reply to NO_REPLY.
+            if result is not NO_REPLY and not self._closing:
+                write(protocol.reply(_TEXT, result))
+                if session.close_after_reply:
+                    self._close()
 
     def eof_received(self) -> None:
         self._eof = True
@@ -161,7 +200,7 @@ class _MessageHandler(StreamHandler):
                 self.transport.write(protocol.error(item, exc.code, exc.message))
                 return
         if command.takes_context:
-            args = [Context(self.session, service), *args]
+            args = [self._context, *args]
         if command.is_async or command.blocking:
             self._busy = True
             work = (

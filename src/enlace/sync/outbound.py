@@ -25,6 +25,7 @@ from enlace.limits import MAX_OUTBOUND, SLOW_TIMEOUT, WRITE_BUFFER_HIGH
 
 __all__ = ["Outbound"]
 
+_DONTWAIT = int(socket.MSG_DONTWAIT)  # a plain int: the flag enum converts on every call
 _CHUNK = 256 * 1024  # sent per system call by the flusher
 _TICK = 1.0  # how often a waiting flusher looks at the slow-consumer clock
 
@@ -45,7 +46,10 @@ class Outbound:
         self._max_outbound = max_outbound
         self._slow_timeout = slow_timeout
         self._pending = bytearray()
-        self._lock = threading.Condition()
+        # A plain lock under the condition: send() takes it once per reply, and
+        # ``with`` on a Lock is a C call where a Condition's __enter__ is Python.
+        self._mutex = threading.Lock()
+        self._lock = threading.Condition(self._mutex)
         self._flusher: threading.Thread | None = None
         self._high_since: float | None = None  # when more than WRITE_BUFFER_HIGH began waiting
         #: Why sending stopped, once it has.
@@ -61,19 +65,21 @@ class Outbound:
 
     def send(self, data: bytes | memoryview, *, own_thread: bool) -> None:
         """Send ``data``, or queue it; with ``own_thread``, wait while the client lags."""
-        with self._lock:
-            if own_thread:
-                self._wait_below(WRITE_BUFFER_HIGH)
-            if self.failure is not None:
-                return
-            limit = self._max_outbound
-            if limit is not None and len(self._pending) > limit:
-                waiting = len(self._pending)
-                self._fail(f"slow consumer: {waiting} bytes of output waiting (limit {limit})")
-                return
+        with self._mutex:
+            # Nothing waiting and nothing failed, the common case, skips straight to sending.
+            if self._pending or self.failure is not None:
+                if own_thread and len(self._pending) > WRITE_BUFFER_HIGH:
+                    self._wait_below(WRITE_BUFFER_HIGH)
+                if self.failure is not None:
+                    return
+                limit = self._max_outbound
+                if limit is not None and len(self._pending) > limit:
+                    waiting = len(self._pending)
+                    self._fail(f"slow consumer: {waiting} bytes of output waiting (limit {limit})")
+                    return
             if not self._pending:
                 try:
-                    taken = self._sock.send(data, socket.MSG_DONTWAIT)
+                    taken = self._sock.send(data, _DONTWAIT)
                 except BlockingIOError:
                     taken = 0
                 except OSError as exc:
@@ -154,7 +160,7 @@ class Outbound:
                 if self.failure is not None:
                     continue
                 try:
-                    taken = self._sock.send(self._pending[:_CHUNK], socket.MSG_DONTWAIT)
+                    taken = self._sock.send(self._pending[:_CHUNK], _DONTWAIT)
                 except BlockingIOError:
                     continue
                 except OSError as exc:

@@ -58,6 +58,8 @@ _LINGER_BYTES = 1024 * 1024
 _MAX_LINGERING_REFUSALS = 64
 
 
+_get_ident = threading.get_ident  # bound once: called for every reply
+
 # Each client thread has its own buffer, so it starts smaller than the asyncio
 # runtime's shared one, and grows to READ_SIZE once a read fills it.
 _THREAD_READ_SIZE = 64 * 1024
@@ -105,6 +107,8 @@ class _Connection:
         self._peer = peer
         self._handler = handler
         self._close_requested = threading.Event()
+        # The event's flag as a plain attribute, for the per-chunk and per-reply checks.
+        self._closing = False
         self._owner: int | None = None
         # Replies written by the handler during a callback, sent together after it.
         self._corked: list[bytes] | None = None
@@ -129,9 +133,9 @@ class _Connection:
         return self._peer
 
     def write(self, data: bytes) -> None:
-        if not data or self._close_requested.is_set():
+        if not data or self._closing:
             return  # as in the asyncio runtime: nothing is sent after close()
-        if self._corked is not None and threading.get_ident() == self._owner:
+        if self._corked is not None and _get_ident() == self._owner:
             self._corked.append(data)
         else:
             self._send(data)
@@ -139,6 +143,7 @@ class _Connection:
     def close(self) -> None:
         if self._close_requested.is_set():
             return
+        self._closing = True
         self._close_requested.set()
         if threading.get_ident() != self._owner:
             # Wake the connection's thread from recv(); it sends what is still
@@ -178,10 +183,11 @@ class _Connection:
 
     def _send(self, data: bytes) -> None:
         # Never blocks another client's thread (a broadcast); see enlace.sync.outbound.
-        self._outbound.send(data, own_thread=threading.get_ident() == self._owner)
+        self._outbound.send(data, own_thread=_get_ident() == self._owner)
 
     def _send_failed(self, reason: str, error: OSError | None) -> None:
         self._send_failure = (reason, error)
+        self._closing = True
         self._close_requested.set()
         with contextlib.suppress(OSError):
             self._sock.shutdown(socket.SHUT_RDWR)  # wake the connection's thread
@@ -208,9 +214,10 @@ class _Connection:
         buffer = memoryview(bytearray(_THREAD_READ_SIZE))
         try:
             self._call(handler.connection_made, self)
-            while not self._close_requested.is_set():
-                size = sock.recv_into(buffer)
-                data = bytes(buffer[:size])
+            recv_into, received, send = sock.recv_into, handler.data_received, self._outbound.send
+            while not self._closing:
+                size = recv_into(buffer)
+                data = buffer[:size].tobytes()
                 if size == len(buffer) < READ_SIZE:
                     buffer = memoryview(bytearray(READ_SIZE))  # a bulk sender: read more at once
                 if not data:
@@ -221,8 +228,15 @@ class _Connection:
                     if not self._close_requested.wait(self._server.idle_timeout):
                         reason = "idle timeout after client EOF"
                     break
-                self.bytes_in += len(data)
-                self._call(handler.data_received, data)
+                self.bytes_in += size
+                # _call(), inlined: this runs for every chunk received.
+                self._corked = []
+                try:
+                    received(data)
+                finally:
+                    corked, self._corked = self._corked, None
+                    if corked:  # _send(), on the connection's own thread
+                        send(corked[0] if len(corked) == 1 else b"".join(corked), own_thread=True)
             if self._send_failure is not None:
                 reason, error = self._send_failure
             elif self._close_requested.is_set():
