@@ -1459,3 +1459,22 @@ def test_receive_text_commands_serves_only_plain_framed_commands() -> None:
     lines = ServerConnection()
     lines.detect(b"/")
     assert lines.receive_text_commands(b"/ping\n") is None
+
+
+def test_a_tls_client_hello_is_refused_in_clear_text():
+    connection = ServerConnection()
+    hello = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(32)
+    assert connection.receive(hello) == [
+        BadRequest(
+            "tls_not_supported",
+            "this port speaks plain TCP, not TLS: connect without --tls",
+            "text",
+            fatal=True,
+        )
+    ]
+    assert connection.kind == "lines"
+
+
+def test_a_line_starting_with_ctrl_v_alone_is_still_a_line():
+    connection = ServerConnection()
+    assert connection.receive(b"\x16hola\n") == [ChatText("\x16hola")]

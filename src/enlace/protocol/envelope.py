@@ -254,6 +254,15 @@ def render_event(event: dict[str, Any]) -> str:
     return f"* {dumps(event).decode()}"
 
 
+_TLS_HELLO_MESSAGE = "this port speaks plain TCP, not TLS: connect without --tls"
+
+
+def _is_tls_hello(data: bytes) -> bool:
+    # A TLS record of type handshake (0x16), version 3.x: every ClientHello starts so,
+    # and no person types Ctrl-V then Ctrl-C as the first bytes of a line.
+    return len(data) >= 2 and data[0] == 0x16 and data[1] == 0x03
+
+
 class ServerConnection:
     """One client's protocol state on the server side. Bytes in, requests out.
 
@@ -278,6 +287,7 @@ class ServerConnection:
         self._max_json_depth = max_json_depth
         self._decoder: LengthPrefixDecoder | DelimiterDecoder | None = None
         self._frame_limit = max_frame  # the frame decoder's, once there is one
+        self._tls_hello = False  # the first bytes were a TLS ClientHello: refuse them
         #: Called with ``("in" | "out", payload)`` for every payload, for ``--trace``.
         self.trace: Callable[[str, bytes], None] | None = None
 
@@ -293,12 +303,19 @@ class ServerConnection:
                 self._frame_limit = self.max_frame
             else:
                 self.kind, self._decoder = "lines", DelimiterDecoder(max_size=self._max_line)
+                self._tls_hello = _is_tls_hello(data)
         return self._decoder is not None
 
     def receive(self, data: bytes) -> list[Request | BadRequest]:
         """Feed bytes from the client; return what they complete, in order."""
         if not self.detect(data):
             return []
+        if self._tls_hello:
+            # A TLS client on this plain port: answering in clear text makes its
+            # handshake fail at once (not after its handshake timeout) and tells
+            # whoever reads the bytes what went wrong.
+            self._tls_hello = False
+            return [BadRequest("tls_not_supported", _TLS_HELLO_MESSAGE, "text", fatal=True)]
         assert self._decoder is not None
         try:
             payloads = self._decoder.feed(data)
