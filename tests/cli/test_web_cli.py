@@ -111,7 +111,7 @@ def cert_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
 def wss_ping(port: int, cert: str, query: str = "") -> str:
     context = ssl.create_default_context(cafile=cert)
     url = f"wss://localhost:{port}/ws{query}"
-    with ws_connect(url, ssl=context, open_timeout=5) as ws:
+    with ws_connect(url, ssl=context, open_timeout=15) as ws:
         ws.send(json.dumps({"id": 1, "cmd": "ping"}))
         while True:
             message = ws.recv(timeout=5)
