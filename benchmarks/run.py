@@ -384,6 +384,8 @@ def run_loadgen(
         return {"ok": False, "error": f"the load generator printed bad JSON: {lines[-1][:200]}"}
     if done.stderr.strip():
         result["stderr"] = done.stderr.strip().splitlines()[:5]
+        if not result.get("ok"):  # e.g. OpenSSL's reason for a failed handshake
+            result["error"] = f"{result.get('error')}: {result['stderr'][0]}"
     return result
 
 
@@ -687,7 +689,10 @@ def _start_all(
         for server in plan.servers:
             label = f"{server.name} (TLS)" if tls else server.name
             missing = missing_modules(server, tls=tls)
-            install = f"{server.install} {server.tls_install}".strip() if tls else server.install
+            hints = [server.install] if set(missing) & set(server.modules) else []
+            if set(missing) & set(server.tls_modules if tls else ()):
+                hints.append(server.tls_install)
+            install = "; ".join(hints)
             started: RunningServer | str
             if missing:
                 started = f"needs {', '.join(missing)}: {install}"

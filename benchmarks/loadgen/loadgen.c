@@ -910,6 +910,10 @@ int main(int argc, char **argv) {
     if (opt.tls && connected > 0) {
         tls_init();
         connected = tls_handshake_all(conns);
+        if (connected == 0) {
+            print_result(conns, 0.0, 0, "no TLS handshake succeeded");
+            return 3;
+        }
     }
 #endif
     if (connected == 0) {
