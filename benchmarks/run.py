@@ -14,7 +14,10 @@ Suites:
 - ``echo`` (default): framed echo (4-byte big-endian length, then the payload; every frame comes
   back unchanged) on enlace's asyncio and threads runtimes and on asyncio streams, an
   ``asyncio.Protocol``, that Protocol on uvloop, ``socketserver.ThreadingTCPServer`` and
-  Twisted's ``Int32StringReceiver`` (the peers live in ``peers/``).
+  Twisted's ``Int32StringReceiver`` (the peers live in ``peers/``).  Two of its rows run over
+  TLS, on a second instance of each server started with a certificate made for the run
+  (``enlace cert``), against ``.build/loadgen-tls`` (the load generator built with OpenSSL);
+  the table then also shows each server's TLS cost (TLS requests/s over plain requests/s).
 - ``roundtrip``: a text command round trip: each request is the frame ``/echo xxx...`` and its
   reply the one frame ``xxx...``, on enlace's message server (both runtimes) and on command
   servers built on the same five peer libraries (the peers' ``--commands`` mode: the frame
@@ -58,8 +61,11 @@ __all__ = [
     "Server",
     "Suite",
     "build_loadgen",
+    "build_loadgen_tls",
+    "compute_tls_cost",
     "machine_busy",
     "main",
+    "make_tls_files",
     "run_loadgen",
     "run_plan",
     "start_server",
@@ -72,6 +78,7 @@ PEERS = HERE / "peers"
 BUILD = HERE / ".build"
 LOADGEN_SRC = HERE / "loadgen" / "loadgen.c"
 LOADGEN = BUILD / "loadgen"
+LOADGEN_TLS = BUILD / "loadgen-tls"
 DEFAULT_OUTPUT = HERE / "results" / "latest.json"
 
 START_TIMEOUT = 20.0  # seconds for a server to print its "listening on" line
@@ -79,6 +86,8 @@ STOP_TIMEOUT = 5.0  # seconds between SIGTERM and SIGKILL
 LOADGEN_SLACK = 15.0  # seconds allowed beyond the load generator's own time bound
 ERROR_COUNTS = ("connect_failures", "conn_errors", "mismatches", "unexpected_frames")
 LISTENING = re.compile(r"listening on (\[[^\]]+\]|[^\s:\[\]]+):(\d+)")
+TLS_SERVER_NAME = "localhost"  # the name the TLS load generator verifies
+LOADGEN_BUSY = 0.85  # a load generator using more of its core may be the bottleneck
 
 
 @dataclass(frozen=True)
@@ -90,6 +99,10 @@ class Server:
     kind: str  # "enlace" or "peer"
     modules: tuple[str, ...] = ()  # modules it needs; it is skipped when one is missing
     install: str = ""  # how to get them, shown when skipped
+    # Arguments added to serve TLS, with "{cert}" and "{key}" for the PEM files; None: no TLS.
+    tls_args: tuple[str, ...] | None = None
+    tls_modules: tuple[str, ...] = ()  # modules it needs for TLS besides ``modules``
+    tls_install: str = ""
 
 
 @dataclass(frozen=True)
@@ -102,6 +115,8 @@ class Config:
     connections: int
     depth: int = 1  # requests in flight per connection
     latency: bool = False  # show p50/p99 in the cell
+    tls: bool = False  # over TLS: the servers' TLS instances, the TLS load generator
+    plain: str = ""  # for a TLS row: the key of the same load in plain TCP (its TLS cost)
 
 
 @dataclass(frozen=True)
@@ -129,6 +144,9 @@ class Suite:
     settle: float = 0.0  # seconds to discard greetings after a connection's first request
 
 
+TLS_ARGS = ("--tls-cert", "{cert}", "--tls-key", "{key}")
+
+
 def _enlace(*args: str) -> tuple[str, ...]:
     return ("-m", "enlace", "serve", *args)
 
@@ -140,26 +158,37 @@ def _peer(script: str, *args: str) -> tuple[str, ...]:
 def _peers(*args: str) -> tuple[Server, ...]:
     """The five Python peers, each started with ``args`` after ``--port 0``."""
     return (
-        Server("asyncio-streams", _peer("asyncio_streams.py", *args), "peer"),
-        Server("asyncio-protocol", _peer("asyncio_protocol.py", *args), "peer"),
+        Server("asyncio-streams", _peer("asyncio_streams.py", *args), "peer", tls_args=TLS_ARGS),
+        Server("asyncio-protocol", _peer("asyncio_protocol.py", *args), "peer", tls_args=TLS_ARGS),
         Server(
-            "uvloop", _peer("uvloop_protocol.py", *args), "peer", ("uvloop",), "pip install uvloop"
+            "uvloop",
+            _peer("uvloop_protocol.py", *args),
+            "peer",
+            ("uvloop",),
+            "pip install uvloop",
+            tls_args=TLS_ARGS,
         ),
-        Server("socketserver", _peer("socketserver_threads.py", *args), "peer"),
+        Server("socketserver", _peer("socketserver_threads.py", *args), "peer", tls_args=TLS_ARGS),
         Server(
             "twisted",
             _peer("twisted_int32.py", *args),
             "peer",
             ("twisted",),
             "pip install twisted",
+            tls_args=TLS_ARGS,
+            # Twisted's TLS is pyOpenSSL's; service_identity is imported with it.
+            tls_modules=("OpenSSL", "service_identity"),
+            tls_install="pip install pyopenssl service_identity",
         ),
     )
 
 
 CONFIGS: tuple[Config, ...] = (
     Config("small", "64 B x 50 conns", 64, 50),
+    Config("small-tls", "64 B x 50 conns (TLS)", 64, 50, tls=True, plain="small"),
     Config("pipelined", "64 B x 100 conns, 8 in flight", 64, 100, depth=8),
     Config("large", "64 KiB x 10 conns", 64 * 1024, 10),
+    Config("large-tls", "64 KiB x 10 conns (TLS)", 64 * 1024, 10, tls=True, plain="large"),
     Config("latency", "64 B x 1 conn", 64, 1, latency=True),
 )
 
@@ -180,11 +209,13 @@ SUITES: dict[str, Suite] = {
                     "enlace-asyncio",
                     _enlace("echo", "--framed", "--port", "0", "--runtime", "asyncio"),
                     "enlace",
+                    tls_args=TLS_ARGS,
                 ),
                 Server(
                     "enlace-threads",
                     _enlace("echo", "--framed", "--port", "0", "--runtime", "threads"),
                     "enlace",
+                    tls_args=TLS_ARGS,
                 ),
                 *_peers(),
             ),
@@ -207,7 +238,7 @@ SUITES: dict[str, Suite] = {
                 ),
                 *_peers("--commands"),
             ),
-            configs=tuple(c for c in CONFIGS if c.key != "large"),
+            configs=tuple(c for c in CONFIGS if c.key in ("small", "pipelined", "latency")),
             ratios=RATIOS,
             prefix="/echo ",
             verify="after-prefix",
@@ -220,7 +251,9 @@ SUITES: dict[str, Suite] = {
 # ---- the load generator ----
 
 
-def build_c_program(source: Path, target: Path, what: str) -> Path:
+def build_c_program(
+    source: Path, target: Path, what: str, flags: tuple[str, ...] = (), libs: tuple[str, ...] = ()
+) -> Path:
     """Compile ``source`` into ``target`` unless it is up to date; return ``target``."""
     if target.exists() and target.stat().st_mtime >= source.stat().st_mtime:
         return target
@@ -228,8 +261,9 @@ def build_c_program(source: Path, target: Path, what: str) -> Path:
     if shutil.which(compiler) is None:
         sys.exit(f"error: no C compiler ({compiler}) to build {source.relative_to(REPO)}")
     BUILD.mkdir(exist_ok=True)
-    partial = target.with_suffix(".partial")
-    cmd = [compiler, "-O2", "-Wall", "-Wextra", "-o", str(partial), str(source), "-lm"]
+    partial = target.with_name(target.name + ".partial")
+    cmd = [compiler, "-O2", "-Wall", "-Wextra", *flags, "-o", str(partial), str(source)]
+    cmd += [*libs, "-lm"]
     print(f"building {what}: {' '.join(cmd)}", file=sys.stderr)
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
     if done.returncode != 0:
@@ -243,6 +277,50 @@ def build_loadgen() -> Path:
     return build_c_program(LOADGEN_SRC, LOADGEN, "the load generator")
 
 
+def _openssl_headers() -> bool:
+    """Whether the compiler finds ``openssl/ssl.h`` (Debian: the libssl-dev package)."""
+    compiler = os.environ.get("CC", "cc")
+    probe = subprocess.run(
+        [compiler, "-E", "-x", "c", "-"],
+        input="#include <openssl/ssl.h>\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    return probe.returncode == 0
+
+
+def _install_libssl_dev() -> None:
+    """``apt-get install libssl-dev``, as root or through sudo; exit with a hint on failure."""
+    hint = "install OpenSSL's headers (Debian: libssl-dev), or leave out the TLS rows"
+    if shutil.which("apt-get") is None:
+        sys.exit(f"error: openssl/ssl.h is missing and there is no apt-get: {hint}")
+    sudo = [] if os.geteuid() == 0 else ["sudo", "-n"]
+    print("installing libssl-dev (openssl/ssl.h) for the TLS load generator", file=sys.stderr)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "libssl-dev"]):
+        done = subprocess.run(
+            [*sudo, *cmd], capture_output=True, text=True, env=env, timeout=600, check=False
+        )
+        if done.returncode != 0:
+            sys.exit(f"error: {' '.join(cmd)} failed: {_last_line(done.stderr)}; {hint}")
+
+
+def build_loadgen_tls() -> Path:
+    """Compile ``loadgen.c`` with TLS into ``.build/loadgen-tls``; install libssl-dev if needed."""
+    up_to_date = LOADGEN_TLS.exists() and LOADGEN_TLS.stat().st_mtime >= LOADGEN_SRC.stat().st_mtime
+    if not up_to_date and not _openssl_headers():
+        _install_libssl_dev()
+    return build_c_program(
+        LOADGEN_SRC,
+        LOADGEN_TLS,
+        "the TLS load generator",
+        ("-DLOADGEN_TLS",),
+        ("-lssl", "-lcrypto"),
+    )
+
+
 def run_loadgen(
     loadgen: Path,
     pin: list[str],
@@ -252,8 +330,14 @@ def run_loadgen(
     suite: Suite,
     duration: float,
     warmup: float,
+    *,
+    tls_ca: Path | None = None,
 ) -> dict[str, Any]:
-    """Run one measurement; return the load generator's JSON, or ``ok: false`` and an error."""
+    """Run one measurement; return the load generator's JSON, or ``ok: false`` and an error.
+
+    For a TLS configuration, ``loadgen`` is the TLS build and ``tls_ca`` the certificate it
+    verifies the server's against (for the name ``localhost``).
+    """
     cmd = [
         *pin,
         str(loadgen),
@@ -280,7 +364,12 @@ def run_loadgen(
         cmd.append("--no-verify")
     elif suite.verify == "after-prefix":
         cmd.append("--expect-after-prefix")
-    bound = 3.0 + suite.settle + warmup + duration + LOADGEN_SLACK
+    if config.tls:
+        cmd += ["--tls", "--tls-server-name", TLS_SERVER_NAME]
+        if tls_ca is not None:
+            cmd += ["--tls-ca", str(tls_ca)]
+    # Connecting, then the TLS handshakes, get 3 s each.
+    bound = (6.0 if config.tls else 3.0) + suite.settle + warmup + duration + LOADGEN_SLACK
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=bound, check=False)
     except subprocess.TimeoutExpired:
@@ -295,6 +384,8 @@ def run_loadgen(
         return {"ok": False, "error": f"the load generator printed bad JSON: {lines[-1][:200]}"}
     if done.stderr.strip():
         result["stderr"] = done.stderr.strip().splitlines()[:5]
+        if not result.get("ok"):  # e.g. OpenSSL's reason for a failed handshake
+            result["error"] = f"{result.get('error')}: {result['stderr'][0]}"
     return result
 
 
@@ -311,6 +402,12 @@ class RunningServer:
     port: int
     stderr: IO[bytes]
     stdout_tail: collections.deque[str] = field(default_factory=lambda: _deque(20))
+    tls: bool = False  # the server's TLS instance, for the TLS rows
+
+    @property
+    def label(self) -> str:
+        """The server's name, and ``(TLS)`` for its TLS instance."""
+        return f"{self.server.name} (TLS)" if self.tls else self.server.name
 
     def failure(self) -> str | None:
         """Why the server is no longer usable, or None while it runs."""
@@ -325,9 +422,26 @@ def _deque(size: int) -> collections.deque[str]:
     return collections.deque(maxlen=size)
 
 
-def missing_modules(server: Server) -> list[str]:
-    """The modules the server needs that this Python cannot import."""
-    return [name for name in server.modules if importlib.util.find_spec(name) is None]
+def missing_modules(server: Server, *, tls: bool = False) -> list[str]:
+    """The modules the server needs (for TLS too, with ``tls``) that this Python lacks."""
+    needed = server.modules + (server.tls_modules if tls else ())
+    return [name for name in needed if importlib.util.find_spec(name) is None]
+
+
+def make_tls_files(directory: Path) -> tuple[Path, Path] | str:
+    """A self-signed certificate for localhost and 127.0.0.1 and its key, made by ``enlace cert``.
+
+    Returns the two paths, or why they could not be made.
+    """
+    cmd = [sys.executable, "-m", "enlace", "cert", TLS_SERVER_NAME, "127.0.0.1"]
+    cmd += ["--out", str(directory)]
+    done = subprocess.run(
+        cmd, cwd=REPO, env=_server_env(), capture_output=True, text=True, timeout=60, check=False
+    )
+    cert, key = directory / "enlace-cert.pem", directory / "enlace-key.pem"
+    if done.returncode != 0 or not cert.is_file() or not key.is_file():
+        return f"enlace cert failed: {_last_line(done.stderr) or _last_line(done.stdout)}"
+    return cert, key
 
 
 def _server_env() -> dict[str, str]:
@@ -372,9 +486,25 @@ def _loopback(host: str) -> str | None:
         return None
 
 
-def start_server(server: Server, pin: list[str]) -> RunningServer | str:
-    """Start a server and wait for its ``listening on`` line; return it or why it failed."""
-    cmd = [*pin, sys.executable, *server.args]
+def server_command(server: Server, tls_files: tuple[Path, Path] | None = None) -> list[str]:
+    """The server's command line after ``python``; its TLS one with ``tls_files``."""
+    args = list(server.args)
+    if tls_files is not None:
+        if server.tls_args is None:
+            raise ValueError(f"{server.name} cannot serve TLS")
+        cert, key = tls_files
+        args += [arg.format(cert=cert, key=key) for arg in server.tls_args]
+    return args
+
+
+def start_server(
+    server: Server, pin: list[str], tls_files: tuple[Path, Path] | None = None
+) -> RunningServer | str:
+    """Start a server and wait for its ``listening on`` line; return it or why it failed.
+
+    With ``tls_files`` (certificate, key), the server's TLS instance.
+    """
+    cmd = [*pin, sys.executable, *server_command(server, tls_files)]
     stderr = tempfile.TemporaryFile()  # noqa: SIM115 (closed in stop_server)
     try:
         proc = subprocess.Popen(
@@ -391,7 +521,7 @@ def start_server(server: Server, pin: list[str]) -> RunningServer | str:
         return f"cannot start {cmd[0]}: {exc}"
     assert proc.stdout is not None
     lines: queue.Queue[str | None] = queue.Queue()
-    running = RunningServer(server, proc, "", 0, stderr)
+    running = RunningServer(server, proc, "", 0, stderr, tls=tls_files is not None)
     threading.Thread(
         target=_pump, args=(proc.stdout, lines, running.stdout_tail), daemon=True
     ).start()
@@ -458,6 +588,11 @@ def _pinning(mode: str) -> tuple[list[str], list[str], str]:
     return ["taskset", "-c", server], ["taskset", "-c", loadgen], note
 
 
+def _plain_keys(suite: Suite) -> set[str]:
+    """The plain rows the suite's TLS rows are compared with."""
+    return {c.plain for c in suite.configs if c.tls}
+
+
 def _select(names: str | None, known: list[str], what: str) -> list[str]:
     if not names:
         return known
@@ -472,6 +607,8 @@ def _cell_summary(result: dict[str, Any]) -> str:
     if not result.get("ok"):
         return f"FAILED: {result.get('error')}"
     text = f"{_rate(result['rps'])} req/s, p50 {_us(result['p50_us'])}, p99 {_us(result['p99_us'])}"
+    if "cpu" in result:
+        text += f", load generator CPU {result['cpu']:.0%}"
     if result.get("errors"):
         text += f", {result['errors']} errors"
     return text
@@ -519,13 +656,13 @@ def machine_busy(seconds: float = 0.5) -> float | None:
 
 def _warn_busy_when_idle(running: list[RunningServer]) -> None:
     """All servers share one core, so one that spins while idle would slow the others."""
-    before = {r.server.name: _cpu_seconds(r.proc.pid) for r in running}
+    before = {r.label: _cpu_seconds(r.proc.pid) for r in running}
     time.sleep(0.5)
     for r in running:
-        start, end = before[r.server.name], _cpu_seconds(r.proc.pid)
+        start, end = before[r.label], _cpu_seconds(r.proc.pid)
         if start is not None and end is not None and end - start > 0.05:
             print(
-                f"warning: {r.server.name} used {(end - start) / 0.5:.0%} of a core while idle; "
+                f"warning: {r.label} used {(end - start) / 0.5:.0%} of a core while idle; "
                 "it slows every server measured with it",
                 file=sys.stderr,
             )
@@ -542,57 +679,101 @@ def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return chosen
 
 
+def _start_all(
+    plan: Plan, tls_files: tuple[Path, Path] | str | None, skipped: dict[str, str]
+) -> list[RunningServer]:
+    """Start the plain instances the plain rows need and the TLS ones the TLS rows need."""
+    running: list[RunningServer] = []
+    kinds = sorted({config.tls for config in plan.configs})  # plain first
+    for tls in kinds:
+        for server in plan.servers:
+            label = f"{server.name} (TLS)" if tls else server.name
+            missing = missing_modules(server, tls=tls)
+            hints = [server.install] if set(missing) & set(server.modules) else []
+            if set(missing) & set(server.tls_modules if tls else ()):
+                hints.append(server.tls_install)
+            install = "; ".join(hints)
+            started: RunningServer | str
+            if missing:
+                started = f"needs {', '.join(missing)}: {install}"
+            elif tls and server.tls_args is None:
+                started = "cannot serve TLS here (its TLS rows show n/a)"
+            elif tls and isinstance(tls_files, str):
+                started = tls_files
+            else:
+                files = tls_files if tls and not isinstance(tls_files, str) else None
+                started = start_server(server, plan.pin_server, files)
+            if isinstance(started, str):
+                skipped[label] = started
+                print(f"skip {label}: {started}", file=sys.stderr)
+            else:
+                running.append(started)
+                print(f"{label}: listening on {started.host}:{started.port}", file=sys.stderr)
+    return running
+
+
 def run_plan(plan: Plan) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
     """Start every server, run the cells, stop the servers; return results and skip reasons.
 
     All servers stay up for the whole run (idle ones use no CPU), and the cells are
     interleaved: for each round, for each configuration, every server in turn.  Noise from the
     machine then falls on all servers alike instead of on whichever ran during a bad minute.
+    A TLS row runs against each server's TLS instance (a second process, started with a
+    certificate made for the run), which stays up beside the plain one.
     """
-    loadgen = build_loadgen()
+    tls = any(config.tls for config in plan.configs)
+    loadgen = build_loadgen() if any(not c.tls for c in plan.configs) else None
+    loadgen_tls = build_loadgen_tls() if tls else None
     skipped: dict[str, str] = {}
     running: list[RunningServer] = []
-    try:
-        for server in plan.servers:
-            missing = missing_modules(server)
-            started = (
-                f"needs {', '.join(missing)}: {server.install}"
-                if missing
-                else start_server(server, plan.pin_server)
-            )
-            if isinstance(started, str):
-                skipped[server.name] = started
-                print(f"skip {server.name}: {started}", file=sys.stderr)
-            else:
-                running.append(started)
-                print(f"{server.name}: listening on {started.host}:{started.port}", file=sys.stderr)
-        if running:
-            _warn_busy_when_idle(running)
-        runs = _run_cells(plan, loadgen, running) if running else {}
-    finally:
-        endings = {r.server.name: stop_server(r) for r in running}
+    with tempfile.TemporaryDirectory(prefix="enlace-bench-") as tmp:
+        tls_files = make_tls_files(Path(tmp)) if tls else None
+        try:
+            running = _start_all(plan, tls_files, skipped)
+            if running:
+                _warn_busy_when_idle(running)
+            ca = tls_files[0] if isinstance(tls_files, tuple) else None
+            loadgens = {False: loadgen, True: loadgen_tls}
+            runs = _run_cells(plan, loadgens, ca, running) if running else {}
+        finally:
+            endings = {r.label: stop_server(r) for r in running}
     results: dict[str, dict[str, Any]] = {}
     for r in running:
         name = r.server.name
-        print(f"{name}: {endings[name]}", file=sys.stderr)
-        cells = {key: _median_run(cell_runs) for key, cell_runs in runs[name].items()}
-        results[name] = {"command": [sys.executable, *r.server.args], "stop": endings[name]}
-        results[name]["cells"] = cells
-    return results, skipped
+        print(f"{r.label}: {endings[r.label]}", file=sys.stderr)
+        entry = results.setdefault(name, {"cells": {}})
+        prefix = "tls_" if r.tls else ""
+        entry[f"{prefix}command"] = [sys.executable, *r.server.args]
+        if r.tls:
+            # The certificate's temporary paths are gone after the run: show placeholders.
+            entry["tls_command"] += list(r.server.tls_args or ())
+        entry[f"{prefix}stop"] = endings[r.label]
+        for key, cell_runs in runs[r.label].items():
+            entry["cells"][key] = _median_run(cell_runs)
+    # Columns in the suite's order, whichever instance started first.
+    order = [s.name for s in plan.servers]
+    return {name: results[name] for name in order if name in results}, skipped
 
 
 def _run_cells(
-    plan: Plan, loadgen: Path, running: list[RunningServer]
+    plan: Plan,
+    loadgens: dict[bool, Path | None],
+    tls_ca: Path | None,
+    running: list[RunningServer],
 ) -> dict[str, dict[str, list[dict[str, Any]]]]:
+    """Every cell's runs, by instance label and configuration key."""
     runs: dict[str, dict[str, list[dict[str, Any]]]] = {
-        r.server.name: {c.key: [] for c in plan.configs} for r in running
+        r.label: {c.key: [] for c in plan.configs if c.tls == r.tls} for r in running
     }
-    total = plan.repeat * len(plan.configs) * len(running)
+    total = plan.repeat * sum(len(cells) for cells in runs.values())
     done = 0
     for round_ in range(plan.repeat):
         order = running[round_ % len(running) :] + running[: round_ % len(running)]
         for config in plan.configs:
+            loadgen = loadgens[config.tls]
             for server in order:
+                if server.tls != config.tls or loadgen is None:
+                    continue
                 done += 1
                 failure = server.failure()
                 if failure:
@@ -607,10 +788,11 @@ def _run_cells(
                         plan.suite,
                         plan.duration,
                         plan.warmup,
+                        tls_ca=tls_ca,
                     )
                     if not result.get("ok") and (failure := server.failure()):
                         result["error"] = f"{result.get('error')} ({failure})"
-                runs[server.server.name][config.key].append(result)
+                runs[server.label][config.key].append(result)
                 summary = _cell_summary(result)
                 print(
                     f"[{done:2}/{total}] {server.server.name:17} {config.label:31} {summary}",
@@ -691,7 +873,10 @@ def format_tables(
         label = f"{config.label} (p50/p99)" if config.latency else config.label
         row = [label]
         for name in names:
-            cell = results[name]["cells"].get(config.key, {})
+            cell = results[name]["cells"].get(config.key)
+            if cell is None:  # this instance was skipped (the reason is under the table)
+                row.append("n/a")
+                continue
             if not cell.get("ok"):
                 row.append("FAILED")
                 continue
@@ -727,7 +912,59 @@ def format_tables(
         fair.append(row)
     if len(fair) > 1 and names:
         out.append(_render(fair))
+
+    cost = compute_tls_cost(configs, results)
+    if cost:
+        table = [["TLS cost: TLS / plain requests/s", *names]]
+        for key, per_server in cost.items():
+            label = next(c.label for c in configs if c.key == key)
+            values = [per_server.get(name) for name in names]
+            table.append([label, *("-" if v is None else f"{v:.2f}" for v in values)])
+        out.append(_render(table))
     return "\n\n".join(out)
+
+
+def compute_tls_cost(
+    configs: list[Config], results: dict[str, dict[str, Any]]
+) -> dict[str, dict[str, float | None]]:
+    """For each TLS row whose plain row ran too: each server's TLS rps over its plain rps.
+
+    0.40 means the server keeps 40 % of its plain throughput over TLS at that load.
+    """
+    keys = {c.key for c in configs}
+    cost: dict[str, dict[str, float | None]] = {}
+    for config in configs:
+        if not config.tls or config.plain not in keys:
+            continue
+        plain = next(c for c in configs if c.key == config.plain)
+        cost[config.key] = {}
+        for name in results:
+            tls_cell, plain_cell = _ok(results, name, config), _ok(results, name, plain)
+            value = tls_cell["rps"] / plain_cell["rps"] if tls_cell and plain_cell else None
+            cost[config.key][name] = value
+    return cost
+
+
+def format_loadgen_cpu(configs: list[Config], results: dict[str, dict[str, Any]]) -> str:
+    """The load generator's highest CPU share in each row, and its TLS version and cipher."""
+    parts, tls = [], ""
+    for config in configs:
+        cells = [_ok(results, name, config) for name in results]
+        shares = [cell["cpu"] for cell in cells if cell and "cpu" in cell]
+        if shares:
+            parts.append(f"{config.label} {max(shares):.0%}")
+        for cell in cells:
+            if cell and cell.get("tls_version") and not tls:
+                tls = (
+                    f"TLS rows: {cell['tls_version']} {cell['tls_cipher']}, an ECDSA P-256 "
+                    "certificate (enlace cert), a full handshake per connection before the warmup"
+                )
+    lines = []
+    if parts:
+        lines.append("load generator CPU (its core, highest in the row): " + ", ".join(parts))
+    if tls:
+        lines.append(tls)
+    return "\n".join(lines)
 
 
 def format_notes(
@@ -738,11 +975,18 @@ def format_notes(
     for name, entry in results.items():
         for config in configs:
             cell = entry["cells"].get(config.key, {})
+            if config.key not in entry["cells"]:
+                continue  # a skipped instance: said below
             if not cell.get("ok"):
                 notes.append(f"FAILED {name}, {config.label}: {cell.get('error')}")
             elif cell.get("errors") or cell.get("unexpected_frames"):
                 counts = ", ".join(f"{key} {cell[key]}" for key in ERROR_COUNTS if cell.get(key))
                 notes.append(f"! {name}, {config.label}: {counts}")
+            if cell.get("ok") and cell.get("cpu", 0.0) > LOADGEN_BUSY:
+                notes.append(
+                    f"! {name}, {config.label}: the load generator used {cell['cpu']:.0%} of its "
+                    "core; the number may be the load generator's limit, not the server's"
+                )
     for name, reason in skipped.items():
         notes.append(f"skipped {name}: {reason}")
     return "\n".join(notes)
@@ -765,7 +1009,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--suite", choices=sorted(SUITES), default="echo", help="default: echo")
     parser.add_argument("--quick", action="store_true", help="short smoke run (about 20 s)")
     parser.add_argument("--servers", metavar="A,B", help="only these servers (see --list)")
-    parser.add_argument("--configs", metavar="X,Y", help="only these configurations")
+    rows = parser.add_mutually_exclusive_group()
+    rows.add_argument("--configs", metavar="X,Y", help="only these configurations")
+    rows.add_argument(
+        "--tls",
+        action="store_true",
+        help="only the TLS rows and the plain rows they are compared with (their TLS cost)",
+    )
+    rows.add_argument("--tls-only", action="store_true", help="only the TLS rows")
     parser.add_argument("--duration", type=float, help="measured seconds per cell (default 5)")
     parser.add_argument("--warmup", type=float, help="unmeasured seconds per cell (default 1)")
     parser.add_argument(
@@ -813,7 +1064,16 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {config.key:17} {config.label}")
         return 0
     server_names = _select(args.servers, [s.name for s in suite.servers], "servers")
-    config_keys = _select(args.configs, [c.key for c in suite.configs], "configurations")
+    known = [c.key for c in suite.configs]
+    tls_keys = [c.key for c in suite.configs if c.tls]
+    if (args.tls or args.tls_only) and not tls_keys:
+        sys.exit(f"error: suite {suite.name} has no TLS rows (the echo suite has)")
+    if args.tls_only:
+        config_keys = tls_keys
+    elif args.tls:
+        config_keys = [c.key for c in suite.configs if c.tls or c.key in _plain_keys(suite)]
+    else:
+        config_keys = _select(args.configs, known, "configurations")
     servers = [s for s in suite.servers if s.name in server_names]
     configs = [c for c in suite.configs if c.key in config_keys]
     pin_server, pin_loadgen, pinning = _pinning(args.pin)
@@ -849,6 +1109,10 @@ def main(argv: list[str] | None = None) -> int:
         print(format_tables(suite, configs, results, ratios))
     else:
         print("no server could run")
+    cpu = format_loadgen_cpu(configs, results)
+    if cpu:
+        print()
+        print(cpu)
     notes = format_notes(configs, results, skipped)
     if notes:
         print()
@@ -871,6 +1135,7 @@ def main(argv: list[str] | None = None) -> int:
         "servers": results,
         "skipped": skipped,
         "ratios": ratios,
+        "tls_cost": compute_tls_cost(configs, results),
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2) + "\n")

@@ -21,6 +21,14 @@
  * after all the wakeup's reads (all the frames that connection owes, pointing at one shared
  * frame buffer: no copies),
  * reads of up to 256 KiB into one shared buffer, and an in-place streaming frame parser.
+ *
+ * TLS (--tls; only when compiled with -DLOADGEN_TLS and linked with -lssl -lcrypto, as
+ * .build/loadgen-tls is): every connection makes its own full handshake (no session cache, no
+ * tickets, no resumption) during the connect phase, so no handshake falls in the measured
+ * window.  Then the same loop runs with SSL_read and SSL_write on nonblocking sockets: reads
+ * use read-ahead (many records per read system call) and go on until OpenSSL wants more from
+ * the socket; a connection's queued frames go out in one SSL_write over a buffer of identical
+ * frames side by side (partial writes on, so it returns as soon as some records are sent).
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -37,11 +45,16 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/types.h>
 #include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
+#ifdef LOADGEN_TLS
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#endif
 
 #define READ_BUF_SIZE (256 * 1024)
 #define MAX_IOV 64
@@ -70,6 +83,11 @@ struct conn {
     int mismatch;        /* the current frame differs from the expected reply */
     uint64_t replies;    /* replies in the measurement window */
     int dirty;           /* on the list of connections to flush after this wakeup */
+#ifdef LOADGEN_TLS
+    SSL *ssl;            /* NULL without --tls */
+    int handshaken;
+    int read_wants_write, write_wants_read; /* OpenSSL needs the other direction first */
+#endif
 };
 
 static struct {
@@ -84,7 +102,11 @@ static struct {
     int verify;
     int after_prefix; /* the expected reply is the payload after --prefix */
     uint32_t max_frame;
-} opt = {"127.0.0.1", NULL, 10, 64, 1, 5.0, 1.0, 0.0, 3.0, NULL, NULL, 1, 0, 16u << 20};
+    int tls;
+    const char *tls_ca;          /* verify the server's chain against this PEM file */
+    const char *tls_server_name; /* SNI, and the name verified with --tls-ca */
+} opt = {"127.0.0.1", NULL, 10, 64, 1, 5.0, 1.0, 0.0, 3.0, NULL, NULL, 1, 0, 16u << 20,
+         0, NULL, NULL};
 
 static uint8_t *frame;      /* header + payload of the one request every connection sends */
 static size_t frame_len;
@@ -104,6 +126,12 @@ static int epfd;
 static struct conn **dirty; /* connections with requests queued during this wakeup */
 static int ndirty;
 static int warnings_left = 5; /* diagnostics printed to stderr, so that 100 failures stay short */
+#ifdef LOADGEN_TLS
+static SSL_CTX *tls_ctx;
+static uint8_t *frames;      /* the request frame repeated frames_count times, for SSL_write */
+static uint64_t frames_count;
+static char tls_version[32], tls_cipher[64];
+#endif
 
 #define WARN(...)                                                                              \
     do {                                                                                       \
@@ -112,6 +140,15 @@ static int warnings_left = 5; /* diagnostics printed to stderr, so that 100 fail
             fprintf(stderr, __VA_ARGS__);                                                      \
         }                                                                                      \
     } while (0)
+
+static double cpu_share; /* CPU time used while measuring / the measured time */
+
+static double cpu_seconds(void) {
+    struct rusage ru;
+    if (getrusage(RUSAGE_SELF, &ru) != 0) return 0.0;
+    return (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
+           (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
+}
 
 static uint64_t now_ns(void) {
     struct timespec ts;
@@ -179,6 +216,14 @@ static void conn_set_out(struct conn *c, int want) {
 static void conn_close(struct conn *c, int is_error) {
     if (!c->alive) return;
     epoll_ctl(epfd, EPOLL_CTL_DEL, c->fd, NULL);
+#ifdef LOADGEN_TLS
+    if (c->ssl) {
+        /* A close_notify, so that servers see a clean close rather than a truncation. */
+        if (!is_error && c->handshaken) SSL_shutdown(c->ssl);
+        SSL_free(c->ssl);
+        c->ssl = NULL;
+    }
+#endif
     close(c->fd);
     c->alive = 0;
     if (is_error) conn_errors++;
@@ -199,8 +244,54 @@ static void queue_request(struct conn *c, uint64_t t) {
     }
 }
 
+#ifdef LOADGEN_TLS
+static void tls_warn(const char *what, int ssl_error) {
+    unsigned long e = ERR_get_error();
+    char buf[256] = "";
+    if (e) ERR_error_string_n(e, buf, sizeof buf);
+    else if (ssl_error == SSL_ERROR_SYSCALL) snprintf(buf, sizeof buf, "%s",
+                                                      errno ? strerror(errno) : "unexpected EOF");
+    else snprintf(buf, sizeof buf, "SSL error %d", ssl_error);
+    WARN("loadgen: %s: %s\n", what, buf);
+    ERR_clear_error();
+}
+
+/* The TLS version of conn_flush: one SSL_write over as many whole frames as are owed. */
+static int conn_flush_tls(struct conn *c) {
+    c->write_wants_read = 0;
+    while (c->pending > 0) {
+        uint64_t k = c->pending < frames_count ? c->pending : frames_count;
+        size_t len = (size_t)k * frame_len - c->partial;
+        ERR_clear_error();
+        int w = SSL_write(c->ssl, frames + c->partial, (int)len);
+        if (w <= 0) {
+            int e = SSL_get_error(c->ssl, w);
+            if (e == SSL_ERROR_WANT_WRITE) {
+                conn_set_out(c, 1);
+                return 0;
+            }
+            if (e == SSL_ERROR_WANT_READ) { /* retried after the next read (EPOLLIN is on) */
+                c->write_wants_read = 1;
+                if (!c->read_wants_write) conn_set_out(c, 0);
+                return 0;
+            }
+            tls_warn("SSL_write", e);
+            return -1;
+        }
+        size_t done = (size_t)w + c->partial;
+        c->pending -= done / frame_len;
+        c->partial = done % frame_len;
+    }
+    if (!c->read_wants_write) conn_set_out(c, 0);
+    return 0;
+}
+#endif
+
 /* Sends what the connection owes.  Returns -1 when the connection failed. */
 static int conn_flush(struct conn *c) {
+#ifdef LOADGEN_TLS
+    if (c->ssl) return conn_flush_tls(c);
+#endif
     while (c->pending > 0) {
         struct iovec iov[MAX_IOV];
         int n = 0;
@@ -299,7 +390,47 @@ static int conn_consume(struct conn *c, const uint8_t *p, size_t n, uint64_t t) 
     return 0;
 }
 
+#ifdef LOADGEN_TLS
+/* Reads until OpenSSL needs more bytes from the socket: with read-ahead, decrypted or raw
+ * bytes may sit in OpenSSL's buffers, where level-triggered epoll cannot see them.  Bounded
+ * in practice by what the server owes (never more than --depth replies per connection). */
+static void conn_readable_tls(struct conn *c) {
+    c->read_wants_write = 0;
+    for (;;) {
+        ERR_clear_error();
+        int r = SSL_read(c->ssl, rbuf, (int)sizeof rbuf);
+        if (r <= 0) {
+            int e = SSL_get_error(c->ssl, r);
+            if (e == SSL_ERROR_WANT_READ) break;
+            if (e == SSL_ERROR_WANT_WRITE) { /* retried when the socket is writable */
+                c->read_wants_write = 1;
+                conn_set_out(c, 1);
+                break;
+            }
+            if (e == SSL_ERROR_ZERO_RETURN) WARN("loadgen: the server closed a connection\n");
+            else tls_warn("SSL_read", e);
+            conn_close(c, 1);
+            return;
+        }
+        if (conn_consume(c, rbuf, (size_t)r, now_ns()) < 0) {
+            conn_close(c, 1);
+            return;
+        }
+    }
+    if (c->write_wants_read && c->pending > 0 && !c->dirty) {
+        c->dirty = 1;
+        dirty[ndirty++] = c;
+    }
+}
+#endif
+
 static void conn_readable(struct conn *c) {
+#ifdef LOADGEN_TLS
+    if (c->ssl) {
+        conn_readable_tls(c);
+        return;
+    }
+#endif
     for (int i = 0; i < 4; i++) { /* bounded: at most 1 MiB per wakeup per connection */
         ssize_t r = read(c->fd, rbuf, sizeof rbuf);
         if (r < 0) {
@@ -356,7 +487,13 @@ static void usage(FILE *f) {
             "  --expect-after-prefix   check that each reply equals the payload after --prefix\n"
             "                          instead (what a server's /echo command sends back)\n"
             "  --max-frame BYTES       largest reply frame accepted (default 16 MiB)\n"
-            "  --connect-timeout SEC   time allowed to connect (default 3)\n"
+            "  --connect-timeout SEC   time allowed to connect, and then to make the TLS\n"
+            "                          handshakes (default 3 each)\n"
+            "  --tls                   speak TLS (a full handshake per connection, before the\n"
+            "                          warmup; needs the build with -DLOADGEN_TLS)\n"
+            "  --tls-ca PATH           verify the server's certificate against this PEM file\n"
+            "                          (default: not verified)\n"
+            "  --tls-server-name NAME  SNI, and the name verified with --tls-ca (default: --host)\n"
             "Prints one JSON line with requests/s, MB/s, latency percentiles and fairness.\n");
 }
 
@@ -381,7 +518,10 @@ static long parse_long(const char *s, const char *name, long lo, long hi) {
 }
 
 static void parse_args(int argc, char **argv) {
-    enum { O_HOST = 256, O_PORT, O_SETTLE, O_PREFIX, O_FILE, O_NOVERIFY, O_AFTER, O_MAXF, O_CTO };
+    enum {
+        O_HOST = 256, O_PORT, O_SETTLE, O_PREFIX, O_FILE, O_NOVERIFY, O_AFTER, O_MAXF, O_CTO,
+        O_TLS, O_TLS_CA, O_TLS_NAME
+    };
     static const struct option longopts[] = {
         {"host", required_argument, NULL, O_HOST},
         {"port", required_argument, NULL, O_PORT},
@@ -397,6 +537,9 @@ static void parse_args(int argc, char **argv) {
         {"expect-after-prefix", no_argument, NULL, O_AFTER},
         {"max-frame", required_argument, NULL, O_MAXF},
         {"connect-timeout", required_argument, NULL, O_CTO},
+        {"tls", no_argument, NULL, O_TLS},
+        {"tls-ca", required_argument, NULL, O_TLS_CA},
+        {"tls-server-name", required_argument, NULL, O_TLS_NAME},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -417,6 +560,9 @@ static void parse_args(int argc, char **argv) {
         case O_AFTER: opt.after_prefix = 1; break;
         case O_MAXF: opt.max_frame = (uint32_t)parse_long(optarg, "max-frame", 0, 0xffffffffL); break;
         case O_CTO: opt.connect_timeout = parse_double(optarg, "connect-timeout"); break;
+        case O_TLS: opt.tls = 1; break;
+        case O_TLS_CA: opt.tls_ca = optarg; break;
+        case O_TLS_NAME: opt.tls_server_name = optarg; break;
         case 'h': usage(stdout); exit(0);
         default: usage(stderr); exit(2);
         }
@@ -433,6 +579,16 @@ static void parse_args(int argc, char **argv) {
         fprintf(stderr, "loadgen: --duration must be positive\n");
         exit(2);
     }
+    if ((opt.tls_ca || opt.tls_server_name) && !opt.tls) {
+        fprintf(stderr, "loadgen: --tls-ca and --tls-server-name need --tls\n");
+        exit(2);
+    }
+#ifndef LOADGEN_TLS
+    if (opt.tls) {
+        fprintf(stderr, "loadgen: built without TLS; use .build/loadgen-tls (make loadgen-tls)\n");
+        exit(2);
+    }
+#endif
 }
 
 static void build_payload(void) {
@@ -510,6 +666,10 @@ static void print_result(struct conn *conns, double seconds, int alive, const ch
            (unsigned long long)discarded);
     printf("\"connections\": %d, \"alive\": %d, \"per_conn_min\": %llu, \"per_conn_max\": %llu, ",
            opt.connections, alive, (unsigned long long)cmin, (unsigned long long)cmax);
+#ifdef LOADGEN_TLS
+    if (opt.tls) printf("\"tls_version\": \"%s\", \"tls_cipher\": \"%s\", ", tls_version, tls_cipher);
+#endif
+    printf("\"tls\": %s, \"cpu\": %.3f, ", opt.tls ? "true" : "false", cpu_share);
     printf("\"size\": %u, \"depth\": %d, \"duration\": %.3f, \"warmup\": %.3f}\n", payload_len,
            opt.depth, opt.duration, opt.warmup);
     fflush(stdout);
@@ -578,6 +738,136 @@ static int connect_all(struct conn *conns, const struct addrinfo *ai) {
     return ok;
 }
 
+#ifdef LOADGEN_TLS
+static void tls_init(void) {
+    tls_ctx = SSL_CTX_new(TLS_client_method());
+    if (!tls_ctx) {
+        fprintf(stderr, "loadgen: SSL_CTX_new failed\n");
+        exit(2);
+    }
+    SSL_CTX_set_min_proto_version(tls_ctx, TLS1_2_VERSION);
+    /* Every connection pays a full handshake: nothing is cached or resumed. */
+    SSL_CTX_set_session_cache_mode(tls_ctx, SSL_SESS_CACHE_OFF);
+    SSL_CTX_set_options(tls_ctx, SSL_OP_NO_TICKET);
+    SSL_CTX_set_mode(tls_ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+    SSL_CTX_set_read_ahead(tls_ctx, 1);
+    SSL_CTX_set_default_read_buffer_len(tls_ctx, 64 * 1024);
+    if (opt.tls_ca) {
+        if (SSL_CTX_load_verify_locations(tls_ctx, opt.tls_ca, NULL) != 1) {
+            fprintf(stderr, "loadgen: cannot load --tls-ca %s\n", opt.tls_ca);
+            exit(2);
+        }
+        SSL_CTX_set_verify(tls_ctx, SSL_VERIFY_PEER, NULL);
+    } else {
+        SSL_CTX_set_verify(tls_ctx, SSL_VERIFY_NONE, NULL);
+    }
+    /* Identical frames side by side: the owed frames of a connection, from any offset into
+     * the first one, are one contiguous range (at most 1 MiB, at least one frame). */
+    frames_count = (uint64_t)(1u << 20) / frame_len;
+    if (frames_count < 1) frames_count = 1;
+    if (frames_count > (uint64_t)opt.depth) frames_count = (uint64_t)opt.depth;
+    frames = malloc((size_t)frames_count * frame_len);
+    if (!frames) exit(2);
+    for (uint64_t k = 0; k < frames_count; k++) memcpy(frames + k * frame_len, frame, frame_len);
+}
+
+/* One step of a connection's handshake; returns 1 when done, 0 to wait, -1 on failure. */
+static int tls_step(struct conn *c) {
+    ERR_clear_error();
+    int r = SSL_connect(c->ssl);
+    if (r == 1) {
+        c->handshaken = 1;
+        conn_set_out(c, 0);
+        if (!tls_version[0]) {
+            snprintf(tls_version, sizeof tls_version, "%s", SSL_get_version(c->ssl));
+            snprintf(tls_cipher, sizeof tls_cipher, "%s", SSL_get_cipher_name(c->ssl));
+        }
+        return 1;
+    }
+    int e = SSL_get_error(c->ssl, r);
+    if (e == SSL_ERROR_WANT_READ) {
+        conn_set_out(c, 0);
+        return 0;
+    }
+    if (e == SSL_ERROR_WANT_WRITE) {
+        conn_set_out(c, 1);
+        return 0;
+    }
+    if (e == SSL_ERROR_SSL && SSL_get_verify_result(c->ssl) != X509_V_OK) {
+        WARN("loadgen: TLS handshake: certificate verification failed: %s\n",
+             X509_verify_cert_error_string(SSL_get_verify_result(c->ssl)));
+        ERR_clear_error();
+    } else {
+        tls_warn("TLS handshake", e);
+    }
+    return -1;
+}
+
+/* Makes every connected socket's TLS handshake, all at once, within --connect-timeout.
+ * Returns how many connections completed it; the others are closed and counted as failed
+ * connects. */
+static int tls_handshake_all(struct conn *conns) {
+    const char *name = opt.tls_server_name ? opt.tls_server_name : opt.host;
+    int waiting = 0;
+    for (int i = 0; i < opt.connections; i++) {
+        struct conn *c = &conns[i];
+        if (!c->alive) continue;
+        c->ssl = SSL_new(tls_ctx);
+        if (!c->ssl || SSL_set_fd(c->ssl, c->fd) != 1) {
+            fprintf(stderr, "loadgen: SSL_new failed\n");
+            exit(2);
+        }
+        struct in6_addr a6;
+        struct in_addr a4;
+        int is_ip = inet_pton(AF_INET, name, &a4) == 1 || inet_pton(AF_INET6, name, &a6) == 1;
+        if (!is_ip) SSL_set_tlsext_host_name(c->ssl, name); /* SNI carries names only */
+        if (opt.tls_ca && SSL_set1_host(c->ssl, name) != 1) {
+            fprintf(stderr, "loadgen: bad --tls-server-name %s\n", name);
+            exit(2);
+        }
+        int r = tls_step(c);
+        if (r < 0) {
+            conn_close(c, 0);
+            connect_failures++;
+            c->connected = 0;
+        } else if (r == 0) {
+            waiting++;
+        }
+    }
+    uint64_t deadline = now_ns() + (uint64_t)(opt.connect_timeout * 1e9);
+    struct epoll_event evs[MAX_EVENTS];
+    while (waiting > 0) {
+        uint64_t t = now_ns();
+        if (t >= deadline) break;
+        int n = epoll_wait(epfd, evs, MAX_EVENTS, (int)((deadline - t) / 1000000 + 1));
+        if (n < 0 && errno != EINTR) break;
+        for (int i = 0; i < n; i++) {
+            struct conn *c = evs[i].data.ptr;
+            if (!c->alive || c->handshaken) continue;
+            int r = tls_step(c);
+            if (r != 0) waiting--;
+            if (r < 0) {
+                conn_close(c, 0);
+                connect_failures++;
+                c->connected = 0;
+            }
+        }
+    }
+    int ok = 0;
+    for (int i = 0; i < opt.connections; i++) {
+        struct conn *c = &conns[i];
+        if (c->alive && !c->handshaken) { /* timed out */
+            WARN("loadgen: TLS handshake timed out\n");
+            conn_close(c, 0);
+            connect_failures++;
+            c->connected = 0;
+        }
+        ok += c->alive;
+    }
+    return ok;
+}
+#endif
+
 static void start_phase_load(struct conn *conns, uint64_t t) {
     for (int i = 0; i < opt.connections; i++) {
         struct conn *c = &conns[i];
@@ -595,7 +885,8 @@ int main(int argc, char **argv) {
     build_payload();
     signal(SIGPIPE, SIG_IGN);
     signal(SIGALRM, on_alarm);
-    alarm((unsigned)ceil(opt.connect_timeout + opt.settle + opt.warmup + opt.duration) + 5);
+    /* The connect timeout twice: once to connect, once for the TLS handshakes. */
+    alarm((unsigned)ceil(2 * opt.connect_timeout + opt.settle + opt.warmup + opt.duration) + 5);
 
     struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
     struct addrinfo *ai;
@@ -615,6 +906,16 @@ int main(int argc, char **argv) {
     }
     int connected = connect_all(conns, ai);
     freeaddrinfo(ai);
+#ifdef LOADGEN_TLS
+    if (opt.tls && connected > 0) {
+        tls_init();
+        connected = tls_handshake_all(conns);
+        if (connected == 0) {
+            print_result(conns, 0.0, 0, "no TLS handshake succeeded");
+            return 3;
+        }
+    }
+#endif
     if (connected == 0) {
         print_result(conns, 0.0, 0, "no connection could be made");
         return 3;
@@ -625,6 +926,7 @@ int main(int argc, char **argv) {
     uint64_t warm_end = settle_end + (uint64_t)(opt.warmup * 1e9);
     uint64_t end = warm_end + (uint64_t)(opt.duration * 1e9);
     uint64_t measure_start = warm_end, measure_end = end;
+    double cpu_start = 0.0;
     if (opt.settle > 0) {
         phase = PH_SETTLE;
         for (int i = 0; i < opt.connections; i++) {
@@ -649,6 +951,7 @@ int main(int argc, char **argv) {
         if (phase == PH_WARMUP && t >= warm_end) {
             phase = PH_MEASURE;
             measure_start = t;
+            cpu_start = cpu_seconds();
         }
         if (phase == PH_MEASURE && t >= end) {
             measure_end = t;
@@ -673,14 +976,23 @@ int main(int argc, char **argv) {
             struct conn *c = evs[i].data.ptr;
             if (!c->alive) continue;
             if (evs[i].events & (EPOLLIN | EPOLLERR | EPOLLHUP)) conn_readable(c);
-            else if ((evs[i].events & EPOLLOUT) && conn_flush(c) < 0) conn_close(c, 1);
+            else if (evs[i].events & EPOLLOUT) {
+#ifdef LOADGEN_TLS
+                if (c->read_wants_write) {
+                    conn_readable(c);
+                    if (!c->alive) continue;
+                }
+#endif
+                if (conn_flush(c) < 0) conn_close(c, 1);
+            }
         }
         flush_dirty();
     }
     int alive = 0;
     for (int i = 0; i < opt.connections; i++) alive += conns[i].alive;
-    phase = PH_DONE;
     double seconds = measure_end > measure_start ? (double)(measure_end - measure_start) / 1e9 : 0;
+    if (phase == PH_MEASURE && seconds > 0) cpu_share = (cpu_seconds() - cpu_start) / seconds;
+    phase = PH_DONE;
     if (!error && seconds <= 0) error = "no measurement";
     print_result(conns, seconds, alive, error);
     for (int i = 0; i < opt.connections; i++) conn_close(&conns[i], 0);

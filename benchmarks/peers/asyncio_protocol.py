@@ -1,10 +1,11 @@
 """Framed echo server, or with ``--commands`` a command server, on ``asyncio.Protocol``.
 
-Usage: ``python asyncio_protocol.py --port 0 [--commands]``.  Prints
+Usage: ``python asyncio_protocol.py --port 0 [--commands] [--tls-cert F --tls-key F]``.  Prints
 ``listening on 127.0.0.1:PORT`` when ready and serves until SIGTERM or Ctrl-C: it echoes every
 frame (4-byte big-endian length, then the payload), or with ``--commands`` answers each frame as
 enlace's message server answers text commands (``textcommands.py``).  A buffered parser takes the
 frames out of each chunk received, and all their replies go out in one ``writelines``.
+With ``--tls-cert`` and ``--tls-key`` it serves TLS (``create_server(ssl=...)``).
 ``uvloop_protocol.py`` runs this same server on uvloop.
 """
 
@@ -13,10 +14,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
+import ssl
 import struct
 from typing import cast
 
-from textcommands import frame_too_large, respond  # this script's folder is on sys.path
+# This script's folder is on sys.path.
+from peertls import add_tls_options, server_context
+from textcommands import frame_too_large, respond
 
 __all__ = ["MAX_FRAME", "FramedCommands", "FramedEcho", "main", "serve"]
 
@@ -107,13 +111,18 @@ class FramedCommands(FramedEcho):
             self._transport.writelines(replies)
 
 
-async def serve(host: str, port: int, protocol: type[FramedEcho] = FramedEcho) -> None:
-    """Serve until SIGTERM or SIGINT, on whatever event loop is running."""
+async def serve(
+    host: str,
+    port: int,
+    protocol: type[FramedEcho] = FramedEcho,
+    tls: ssl.SSLContext | None = None,
+) -> None:
+    """Serve until SIGTERM or SIGINT (over TLS with ``tls``), on whatever loop is running."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    server = await loop.create_server(protocol, host, port, backlog=1024)
+    server = await loop.create_server(protocol, host, port, backlog=1024, ssl=tls)
     sockname = server.sockets[0].getsockname()
     print(f"listening on {sockname[0]}:{sockname[1]}", flush=True)
     async with server:
@@ -126,8 +135,10 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--commands", action="store_true", help="answer text commands, not echo")
+    add_tls_options(parser)
     args = parser.parse_args()
-    asyncio.run(serve(args.host, args.port, FramedCommands if args.commands else FramedEcho))
+    protocol = FramedCommands if args.commands else FramedEcho
+    asyncio.run(serve(args.host, args.port, protocol, server_context(args)))
 
 
 if __name__ == "__main__":

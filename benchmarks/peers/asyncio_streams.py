@@ -1,10 +1,11 @@
 """Framed echo server, or with ``--commands`` a command server, on asyncio streams.
 
-Usage: ``python asyncio_streams.py --port 0 [--commands]``.  Prints
+Usage: ``python asyncio_streams.py --port 0 [--commands] [--tls-cert F --tls-key F]``.  Prints
 ``listening on 127.0.0.1:PORT`` when ready and serves until SIGTERM or Ctrl-C: it echoes every
 frame (4-byte big-endian length, then the payload), or with ``--commands`` answers each frame
 as enlace's message server answers text commands (``textcommands.py``).  Frames are read with
-``StreamReader.readexactly`` and each reply written with ``write`` + ``drain``.
+``StreamReader.readexactly`` and each reply written with ``write`` + ``drain``.  With
+``--tls-cert`` and ``--tls-key`` it serves TLS (``start_server(ssl=...)``).
 """
 
 from __future__ import annotations
@@ -13,10 +14,13 @@ import argparse
 import asyncio
 import contextlib
 import signal
+import ssl
 import struct
 from collections.abc import Awaitable, Callable
 
-from textcommands import frame_too_large, respond  # this script's folder is on sys.path
+# This script's folder is on sys.path.
+from peertls import add_tls_options, server_context
+from textcommands import frame_too_large, respond
 
 __all__ = ["MAX_FRAME", "handle", "handle_commands", "main", "serve"]
 
@@ -68,14 +72,18 @@ async def handle_commands(reader: asyncio.StreamReader, writer: asyncio.StreamWr
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 
-async def serve(host: str, port: int, handler: Handler = handle) -> None:
-    """Serve until SIGTERM or SIGINT."""
+async def serve(
+    host: str, port: int, handler: Handler = handle, tls: ssl.SSLContext | None = None
+) -> None:
+    """Serve until SIGTERM or SIGINT (over TLS with ``tls``)."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     # A read buffer as large as the biggest frame, and a listen backlog for bursts of clients.
-    server = await asyncio.start_server(handler, host, port, limit=2 * MAX_FRAME, backlog=1024)
+    server = await asyncio.start_server(
+        handler, host, port, limit=2 * MAX_FRAME, backlog=1024, ssl=tls
+    )
     sockname = server.sockets[0].getsockname()
     print(f"listening on {sockname[0]}:{sockname[1]}", flush=True)
     async with server:
@@ -88,8 +96,10 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--commands", action="store_true", help="answer text commands, not echo")
+    add_tls_options(parser)
     args = parser.parse_args()
-    asyncio.run(serve(args.host, args.port, handle_commands if args.commands else handle))
+    handler = handle_commands if args.commands else handle
+    asyncio.run(serve(args.host, args.port, handler, server_context(args)))
 
 
 if __name__ == "__main__":

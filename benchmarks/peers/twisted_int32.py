@@ -1,10 +1,12 @@
 """Framed echo, or with ``--commands`` text commands, on Twisted's ``Int32StringReceiver``.
 
-Usage: ``python twisted_int32.py --port 0 [--commands]`` (needs ``pip install twisted``).
+Usage: ``python twisted_int32.py --port 0 [--commands] [--tls-cert F --tls-key F]`` (needs
+``pip install twisted``; for TLS also ``pip install pyopenssl service_identity``).
 Prints ``listening on 127.0.0.1:PORT`` when ready and serves until SIGTERM or Ctrl-C (Twisted's
 reactor stops on both): it echoes every frame (4-byte big-endian length, then the payload), or
 with ``--commands`` answers each frame as enlace's message server answers text commands
-(``textcommands.py``).
+(``textcommands.py``).  With ``--tls-cert`` and ``--tls-key`` it listens with ``listenSSL``:
+Twisted's TLS (pyOpenSSL in memory BIOs), with the options of ``PrivateCertificate.options()``.
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from textcommands import frame_too_large, respond  # this script's folder is on sys.path
+# This script's folder is on sys.path.
+from peertls import add_tls_options
+from textcommands import frame_too_large, respond
 from twisted.internet import reactor as _reactor
 from twisted.internet.protocol import Factory
 from twisted.protocols.basic import Int32StringReceiver
@@ -60,9 +64,19 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--commands", action="store_true", help="answer text commands, not echo")
+    add_tls_options(parser)
     args = parser.parse_args()
     factory = Factory.forProtocol(FramedCommands if args.commands else FramedEcho)
-    port = reactor.listenTCP(args.port, factory, backlog=1024, interface=args.host)
+    if args.tls_cert:
+        # Imported only for TLS: it needs pyOpenSSL, which plain runs do without.
+        from twisted.internet import ssl  # noqa: PLC0415
+
+        with open(args.tls_cert, "rb") as cert, open(args.tls_key or args.tls_cert, "rb") as key:
+            pem = cert.read() + key.read()
+        options = ssl.PrivateCertificate.loadPEM(pem).options()  # type: ignore[no-untyped-call]
+        port = reactor.listenSSL(args.port, factory, options, backlog=1024, interface=args.host)
+    else:
+        port = reactor.listenTCP(args.port, factory, backlog=1024, interface=args.host)
     address = port.getHost()
     print(f"listening on {address.host}:{address.port}", flush=True)
     reactor.run()
