@@ -176,11 +176,12 @@ async def _run_async(launches: list[Launch], announce: Announce) -> int:
     except EnlaceError:
         await asyncio.gather(*(server.shutdown(0) for server in servers))
         raise
-    announce([(launch, server.address) for launch, server in zip(launches, servers, strict=True)])
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in _STOP_SIGNALS:
         loop.add_signal_handler(signum, stop.set)
+    # Announced once the signals are ours: whoever reads the ready line may stop us at once.
+    announce([(launch, server.address) for launch, server in zip(launches, servers, strict=True)])
     await stop.wait()
     for signum in _STOP_SIGNALS:
         # From now on the default handlers apply: a second Ctrl-C interrupts the drain.
@@ -201,10 +202,13 @@ def _run_threads(launches: list[Launch], announce: Announce, loop: str) -> int:
         for server in servers:
             server.shutdown(0)
         raise
-    announce([(launch, server.address) for launch, server in zip(launches, servers, strict=True)])
     stop = threading.Event()
     previous = {signum: signal.signal(signum, lambda *_: stop.set()) for signum in _STOP_SIGNALS}
     try:
+        # Announced once the signals are ours: whoever reads the ready line may stop us.
+        announce(
+            [(launch, server.address) for launch, server in zip(launches, servers, strict=True)]
+        )
         stop.wait()
     finally:
         for signum, handler in previous.items():
