@@ -275,7 +275,7 @@ def start_polled(
             return running
         time.sleep(0.05)  # a poll interval: the server has no line to wait for
     stop_server(running)
-    return f"{name} did not {waiting_for} within {timeout:.0f} s"
+    return f"{name} did not {waiting_for} within {timeout:g} s"
 
 
 def stop_server(running: RunningServer) -> str:
