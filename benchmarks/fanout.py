@@ -36,23 +36,31 @@ import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+from harness import BENCHMARKS, BUILD, RESULTS
+from harness.loadgen import build_c_program, run_json_program
+from harness.servers import (
+    RunningServer,
+    Server,
+    free_port,
+    machine_busy,
+    pinning,
+    start_polled,
+    start_server,
+    stop_server,
+)
+from harness.tables import median_run, pct, rate, render, us
 
-import run as harness  # noqa: E402 - run.py beside this file: server start and stop
+__all__ = ["main"]
 
-REPO = HERE.parent
-BUILD = HERE / ".build"
-CLIENT_SRC = HERE / "loadgen" / "fanout.c"
+CLIENT_SRC = BENCHMARKS / "loadgen" / "fanout.c"
 CLIENT = BUILD / "fanout"
-DEFAULT_OUTPUT = HERE / "results" / "fanout.json"
-CHAT_SERVER = HERE / "chat_server.py"
+DEFAULT_OUTPUT = RESULTS / "fanout.json"
+CHAT_SERVER = BENCHMARKS / "chat_server.py"
 
 REDIS_START_TIMEOUT = 10.0  # seconds for redis-server to answer PING
 CLIENT_SLACK = 20.0  # seconds allowed beyond the client's own time bounds
@@ -95,7 +103,7 @@ ANCHOR = "redis"
 
 def build_client() -> Path:
     """Compile ``fanout.c`` into ``.build/fanout`` unless it is up to date; return its path."""
-    return harness.build_c_program(CLIENT_SRC, CLIENT, "the fan-out client")
+    return build_c_program(CLIENT_SRC, CLIENT, "the fan-out client")
 
 
 def run_client(
@@ -138,31 +146,10 @@ def run_client(
         str(server_pid),
     ]
     bound = args.setup_timeout + load.duration + args.drain_timeout + CLIENT_SLACK
-    try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=bound, check=False)
-    except subprocess.TimeoutExpired:
-        return {"ok": False, "error": f"the client did not finish in {bound:.0f} s"}
-    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-    if not lines:
-        said = done.stderr.strip().splitlines()
-        detail = said[-1] if said else f"exit code {done.returncode}"
-        return {"ok": False, "error": f"the client printed no result: {detail}"}
-    try:
-        result: dict[str, Any] = json.loads(lines[-1])
-    except json.JSONDecodeError:
-        return {"ok": False, "error": f"the client printed bad JSON: {lines[-1][:200]}"}
-    if done.stderr.strip():
-        result["stderr"] = done.stderr.strip().splitlines()[:8]
-    return result
+    return run_json_program(cmd, bound, "the client", stderr_lines=8)
 
 
 # ---- servers ----
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _redis_ping(port: int) -> bool:
@@ -174,12 +161,12 @@ def _redis_ping(port: int) -> bool:
         return False
 
 
-def start_redis(pin: list[str], max_clients: int) -> harness.RunningServer | str:
+def start_redis(pin: list[str], max_clients: int) -> RunningServer | str:
     """Start our own redis-server on a free port, no persistence; return it or why not."""
     exe = shutil.which("redis-server")
     if exe is None:
         return "redis-server is not installed (apt-get install -y redis-server)"
-    port = _free_port()
+    port = free_port()
     cmd = [
         *pin,
         exe,
@@ -198,36 +185,19 @@ def start_redis(pin: list[str], max_clients: int) -> harness.RunningServer | str
         "--daemonize",
         "no",
     ]
-    output = tempfile.TemporaryFile()  # noqa: SIM115 (closed in stop_server)
-    try:
-        proc = subprocess.Popen(
-            cmd,
-            cwd=REPO,
-            stdin=subprocess.DEVNULL,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    except OSError as exc:
-        output.close()
-        return f"cannot start {exe}: {exc}"
-    server = harness.Server(ANCHOR, tuple(cmd), "peer")
-    running = harness.RunningServer(server, proc, "127.0.0.1", port, output)
-    deadline = time.monotonic() + REDIS_START_TIMEOUT
-    while time.monotonic() < deadline:
-        if (failure := running.failure()) is not None:
-            harness.stop_server(running)
-            return failure
-        if _redis_ping(port):
-            return running
-        time.sleep(0.05)
-    harness.stop_server(running)
-    return f"redis-server did not answer PING within {REDIS_START_TIMEOUT:.0f} s"
+    return start_polled(
+        ANCHOR,
+        cmd,
+        port,
+        _redis_ping,
+        timeout=REDIS_START_TIMEOUT,
+        waiting_for="answer PING",
+    )
 
 
 def start_target(
     target: Target, pin: list[str], max_connections: int, hub_port: int | None = None
-) -> harness.RunningServer | str:
+) -> RunningServer | str:
     """Start a server for one cell (for the hub row, the chat server; its Redis is separate)."""
     if target.kind == "redis":
         return start_redis(pin, max_connections)
@@ -242,7 +212,7 @@ def start_target(
     )
     if hub_port is not None:
         args = (*args, "--hub", f"redis://127.0.0.1:{hub_port}/0")
-    return harness.start_server(harness.Server(target.name, args, "enlace"), pin)
+    return start_server(Server(target.name, args, "enlace"), pin)
 
 
 def redis_version() -> str | None:
@@ -285,26 +255,6 @@ def raise_open_files(needed: int) -> str:
     return f"open-files limit raised from {soft} to {target}"
 
 
-def pinning(mode: str) -> tuple[list[str], list[str], str]:
-    """The ``taskset`` prefixes for the server and the client, and what was done."""
-    if mode == "none":
-        return [], [], "not pinned (--pin none)"
-    if shutil.which("taskset") is None:
-        return [], [], "not pinned: taskset is missing (apt-get install util-linux)"
-    cpus = sorted(os.sched_getaffinity(0))
-    if mode == "same":
-        core = str(cpus[0])
-        return ["taskset", "-c", core], ["taskset", "-c", core], f"server and client on core {core}"
-    if len(cpus) < 2:
-        return [], [], "not pinned: fewer than 2 cores available"
-    server, client = str(cpus[0]), str(cpus[1])
-    return (
-        ["taskset", "-c", server],
-        ["taskset", "-c", client],
-        f"server on core {server}, client on core {client} (taskset)",
-    )
-
-
 # ---- the run ----
 
 
@@ -318,7 +268,7 @@ def run_cell(
     """Start a fresh server, run the client against it, stop the server by its PID."""
     receivers = args.threads_receivers if target.runtime == "threads" else args.receivers
     max_connections = receivers + args.senders + 64
-    hub: harness.RunningServer | None = None
+    hub: RunningServer | None = None
     if target.kind == "chat-hub":
         made = start_redis(pins[0], 256)
         if isinstance(made, str):
@@ -329,7 +279,7 @@ def run_cell(
     )
     if isinstance(started, str):
         if hub is not None:
-            harness.stop_server(hub)
+            stop_server(hub)
         return {"ok": False, "error": started, "skipped": True}
     try:
         protocol = "redis" if target.kind == "redis" else "chat"
@@ -339,36 +289,12 @@ def run_cell(
         if not result.get("ok") and (failure := started.failure()):
             result["error"] = f"{result.get('error')} ({failure})"
     finally:
-        result_stop = harness.stop_server(started)
+        result_stop = stop_server(started)
         if hub is not None:
-            harness.stop_server(hub)
+            stop_server(hub)
     result["server_stop"] = result_stop
     result["command"] = list(started.server.args)
     return result
-
-
-def _rate(value: float) -> str:
-    if value >= 1e6:
-        return f"{value / 1e6:.2f}M"
-    if value >= 1e3:
-        return f"{value / 1e3:.1f}k"
-    return f"{value:.0f}"
-
-
-def _us(value: float) -> str:
-    if value >= 10_000_000:
-        return f"{value / 1e6:.0f}s"
-    if value >= 1_000_000:
-        return f"{value / 1e6:.1f}s"
-    if value >= 10_000:
-        return f"{value / 1000:.0f}ms"
-    if value >= 1000:
-        return f"{value / 1000:.1f}ms"
-    return f"{value:.0f}us"
-
-
-def _pct(value: float | None) -> str:
-    return "-" if value is None or value < 0 else f"{value:.0%}"
 
 
 def lost_of(cell: dict[str, Any]) -> int:
@@ -440,14 +366,14 @@ def format_table(
                 continue
             row += [
                 str(cell["counted_receivers"]),
-                _rate(cell["sent_per_s"]),
-                _rate(cell["delivered_per_s"]),
-                _us(cell["p50_us"]),
-                _us(cell["p99_us"]),
-                _us(cell["max_us"]),
+                rate(cell["sent_per_s"]),
+                rate(cell["delivered_per_s"]),
+                us(cell["p50_us"]),
+                us(cell["p99_us"]),
+                us(cell["max_us"]),
                 f"{lost_of(cell)} !" if lost_of(cell) else "0",
-                _pct(cell.get("server_cpu")),
-                _pct(cell.get("client_cpu")) + (" !" if cell["client_cpu"] > BUSY_CPU else ""),
+                pct(cell.get("server_cpu")),
+                pct(cell.get("client_cpu")) + (" !" if cell["client_cpu"] > BUSY_CPU else ""),
             ]
             ratio = ratios.get(load.key, {}).get(name)
             if ratio is None:
@@ -459,7 +385,7 @@ def format_table(
                     "n/a" if p99 is None else f"{p99:.2f}x",
                 ]
             rows.append(row)
-    return harness._render(rows)  # the same table layout as run.py
+    return render(rows)
 
 
 def format_notes(
@@ -638,21 +564,10 @@ def _summary(cell: dict[str, Any]) -> str:
     if not cell.get("ok"):
         return f"{'skipped' if cell.get('skipped') else 'FAILED'}: {cell.get('error')}"
     return (
-        f"{_rate(cell['delivered_per_s'])} deliveries/s, p50 {_us(cell['p50_us'])}, "
-        f"p99 {_us(cell['p99_us'])}, lost {lost_of(cell)}, setup {cell['setup_seconds']:.1f} s, "
-        f"drain {cell['drain_seconds']:.1f} s, server CPU {_pct(cell.get('server_cpu'))}"
+        f"{rate(cell['delivered_per_s'])} deliveries/s, p50 {us(cell['p50_us'])}, "
+        f"p99 {us(cell['p99_us'])}, lost {lost_of(cell)}, setup {cell['setup_seconds']:.1f} s, "
+        f"drain {cell['drain_seconds']:.1f} s, server CPU {pct(cell.get('server_cpu'))}"
     )
-
-
-def median_run(cells: list[dict[str, Any]]) -> dict[str, Any]:
-    """The median run: ranked by deliveries/s, then by p99 latency (lower is better)."""
-    ok = sorted((c for c in cells if good(c)), key=lambda c: (c["delivered_per_s"], -c["p99_us"]))
-    if not ok:
-        return cells[-1]
-    chosen = dict(ok[(len(ok) - 1) // 2])
-    if len(cells) > 1:
-        chosen["runs"] = cells
-    return chosen
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -663,10 +578,10 @@ def main(argv: list[str] | None = None) -> int:
     client = build_client()
     biggest = max(args.receivers, args.threads_receivers) + args.senders
     files = raise_open_files(2 * biggest + 256)
-    pin_server, pin_client, pinned = pinning(args.pin)
+    pin_server, pin_client, pinned = pinning(args.pin, "client")
     loop = "uvloop" if uvloop_installed() else "asyncio (uvloop is not installed)"
     print(f"fan-out: {pinned}; {files}; asyncio loop: {loop}", file=sys.stderr)
-    busy = harness.machine_busy()
+    busy = machine_busy()
     if busy is not None and busy > 0.1:
         print(
             f"warning: the machine is {busy:.0%} busy before the run (other processes); "
@@ -692,7 +607,11 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {_summary(cell)}", file=sys.stderr)
     results = {
         load.key: {
-            target.name: median_run(runs[load.key][target.name])
+            target.name: median_run(
+                runs[load.key][target.name],
+                key=lambda c: (c["delivered_per_s"], -c["p99_us"]),
+                good=good,
+            )
             for target in targets
             if runs[load.key][target.name]
         }

@@ -20,23 +20,26 @@ import argparse
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-PEERS = HERE / "peers"
+from harness import PEERS
+from harness.servers import free_port, pinning, port_open, start_polled, stop_server
+from harness.tables import render
+
+__all__ = ["main"]
+
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+START_TIMEOUT = 20.0  # seconds for a server to accept connections
 
 
 @dataclass(frozen=True)
 class Row:
+    """A table row: a file fetched over ``connections`` connections, kept alive or not."""
+
     name: str
     path: str
     connections: int
@@ -52,26 +55,8 @@ ROWS = (
 FILES = {"1k.bin": 1024, "100k.bin": 100 * 1024, "10m.bin": 10 * 1024 * 1024}
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"exited with status {proc.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError("did not start listening in time")
-
-
 def nginx_command(root: Path, port: int, prefix: Path) -> list[str]:
+    """nginx serving ``root`` on ``port`` with one worker, its files under ``prefix``."""
     (prefix / "tmp").mkdir(parents=True, exist_ok=True)
     user = "user root;\n" if os.geteuid() == 0 else ""
     conf = f"""{user}daemon off;
@@ -147,6 +132,7 @@ def servers(root: Path, prefix: Path) -> dict[str, tuple[list[str], bool]]:
 
 
 def run_wrk(pin: list[str], port: int, row: Row, seconds: float) -> tuple[float, str]:
+    """wrk's requests/s for one row, and the errors it counted (empty when none)."""
     command = [*pin, "wrk", "-t1", f"-c{row.connections}", f"-d{seconds:g}s"]
     if row.close:
         command += ["-H", "Connection: close"]
@@ -163,17 +149,8 @@ def run_wrk(pin: list[str], port: int, row: Row, seconds: float) -> tuple[float,
     return (float(match.group(1)) if match else 0.0), "; ".join(problems)
 
 
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-
-
 def main() -> int:
+    """Run every server through the rows, one server at a time; print the table."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="3 s a row instead of 10")
     parser.add_argument("--seconds", type=float, help="seconds a row (overrides --quick)")
@@ -183,13 +160,7 @@ def main() -> int:
     if shutil.which("wrk") is None:
         print("wrk is not installed (apt-get install wrk)", file=sys.stderr)
         return 1
-    pinned = shutil.which("taskset") is not None and (os.cpu_count() or 1) >= 2
-    server_pin = ["taskset", "-c", "0"] if pinned else []
-    wrk_pin = ["taskset", "-c", "1"] if pinned else []
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""),
-    }
+    server_pin, wrk_pin, pinned = pinning("split", "wrk")
     results: dict[str, dict[str, float]] = {}
     python_peers: list[str] = []
     with tempfile.TemporaryDirectory(prefix="enlace-web-bench-") as tmp:
@@ -209,18 +180,17 @@ def main() -> int:
                     print(f"skipped nginx: {NGINX} not found", file=sys.stderr)
                     continue
                 command = nginx_command(root, port, Path(tmp) / "nginx")
-            # A file, not a pipe: http.server logs every request, and a full pipe would stall it.
-            log = Path(tmp) / f"{name}.log"
-            with log.open("wb") as err:
-                proc = subprocess.Popen(
-                    [*server_pin, *command], env=env, stdout=subprocess.DEVNULL, stderr=err
-                )
-            try:
-                wait_for_port(port, proc)
-            except RuntimeError as exc:
-                lines = log.read_text(errors="replace").strip().splitlines()
-                print(f"skipped {name}: {exc} {lines[-1] if lines else ''}", file=sys.stderr)
-                stop(proc)
+            # Its output goes to a file, not a pipe: http.server logs every request.
+            started = start_polled(
+                name,
+                [*server_pin, *command],
+                port,
+                port_open,
+                timeout=START_TIMEOUT,
+                waiting_for="accept connections",
+            )
+            if isinstance(started, str):
+                print(f"skipped {name}: {started}", file=sys.stderr)
                 continue
             results[name] = {}
             if is_python:
@@ -232,32 +202,28 @@ def main() -> int:
                     note = f"  ({problems})" if problems else ""
                     print(f"{name:>18}  {row.name:<24} {rate:>10.0f} req/s{note}", file=sys.stderr)
             finally:
-                stop(proc)
+                stop_server(started)
     print_table(results, python_peers, seconds, pinned)
     return 0
 
 
 def print_table(
-    results: dict[str, dict[str, float]], python_peers: list[str], seconds: float, pinned: bool
+    results: dict[str, dict[str, float]], python_peers: list[str], seconds: float, pinned: str
 ) -> None:
+    """requests/s of every server in every row, then enlace's ratios, as a Markdown table."""
     names = list(results)
-    print(
-        f"\nwrk, {seconds:g} s a row; "
-        + ("server on core 0, wrk on core 1" if pinned else "not pinned")
-    )
-    header = f"| row | {' | '.join(names)} | enlace / nginx | enlace / best Python peer |"
-    print(header)
-    print("|" + "---|" * (len(names) + 3))
+    print(f"\nwrk, {seconds:g} s a row; {pinned}")
+    rows = [["row", *names, "enlace / nginx", "enlace / best Python peer"]]
     for row in ROWS:
         rates = {name: results[name].get(row.name, 0.0) for name in names}
-        cells = [f"{rates[name]:,.0f}" for name in names]
         enlace = rates.get("enlace", 0.0)
         nginx = rates.get("nginx", 0.0)
         peers = [rates[name] for name in python_peers if rates.get(name)]
         best = max(peers) if peers else 0.0
         to_nginx = f"{enlace / nginx:.2f}" if nginx and enlace else "-"
         to_best = f"{enlace / best:.2f}" if best and enlace else "-"
-        print(f"| {row.name} | {' | '.join(cells)} | {to_nginx} | {to_best} |")
+        rows.append([row.name, *(f"{rates[name]:,.0f}" for name in names), to_nginx, to_best])
+    print(render(rows, markdown=True))
 
 
 if __name__ == "__main__":

@@ -1,19 +1,13 @@
-"""One HTTP/1.1 connection of the web server: requests in order, responses, sendfile, timers.
+"""One HTTP/1.1 connection of the web server: requests in order, responses, timers.
 
 :class:`HttpConnection` is the :class:`asyncio.Protocol` of one client.
 Requests are parsed by :class:`~enlace.protocol.http.RequestParser` and
 answered in order (keep-alive and pipelining); every response written during
 one read leaves in one ``transport.write``. File bodies above
-:data:`~enlace.web.static.SMALL_FILE` go out with ``os.sendfile`` on the
-socket itself: when the transport has nothing buffered, the head is sent with
-``MSG_MORE`` and the file follows without passing through Python, waiting
-for writability on a duplicate of the socket's descriptor (the transport owns
-the original). uvloop transports have no native sendfile, and asyncio's
-fallback reads the file into memory, hence doing it here. Over TLS the bytes
-must pass through the encryption, so a file is read in chunks into the
-transport, as fast as the client takes them: reading stops at the transport's
-high-water mark and resumes when it drains, which bounds the memory per
-connection.
+:data:`~enlace.web.static.SMALL_FILE` wait in the connection's output queue
+behind earlier responses; a plain connection sends one with ``os.sendfile``
+once the transport has nothing buffered, a TLS one writes it in chunks into
+the transport (:class:`~enlace.web.body.FileSender` moves the bytes).
 
 One timer per connection applies the deadline of its state: the request head
 (``head_timeout`` from its first byte: 408 and a close), output that makes no
@@ -28,13 +22,13 @@ import collections
 import logging
 import os
 import re
-import socket
 import time
 from typing import TYPE_CHECKING, cast
 
 from enlace.limits import WRITE_BUFFER_HIGH
 from enlace.protocol.http import REASONS, HttpError, Request, RequestParser, response_head
 from enlace.sockets import peer_address
+from enlace.web.body import FileBody, FileSender
 from enlace.web.pages import error_page
 from enlace.web.static import Reply
 
@@ -52,9 +46,6 @@ _MAX_QUEUED = 64
 # what the client still sends, so that its unread bytes do not reset our reply.
 _LINGER_TIMEOUT = 2.0
 _NO_BODY_STATUS = (204, 304)
-# Bytes of a file read per write into a TLS transport: large enough to amortize the
-# call and the encryption's per-write cost, small beside the write buffer's high mark.
-_TLS_FILE_CHUNK = 64 * 1024
 # A WebSocket token in a logged request target (browsers can only send it there).
 _TOKEN_IN_TARGET = re.compile(rb"([?&]token=)[^&#]*")
 _STATUS_LINES = {
@@ -89,18 +80,6 @@ class Clock:
             self.log_time += time.strftime("/%Y:%H:%M:%S %z", local)
 
 
-class _FileSend:
-    """A file body waiting for, or in, ``os.sendfile``."""
-
-    __slots__ = ("fd", "head", "offset", "remaining")
-
-    def __init__(self, head: bytes, fd: int, offset: int, length: int) -> None:
-        self.head = head
-        self.fd = fd
-        self.offset = offset
-        self.remaining = length
-
-
 class HttpConnection(asyncio.Protocol):
     """One client of a :class:`~enlace.web.server.WebServer`."""
 
@@ -115,10 +94,14 @@ class HttpConnection(asyncio.Protocol):
             max_header_bytes=server.max_header_bytes,
             max_body=server.max_body,
         )
-        self.queue: collections.deque[bytes | _FileSend] = collections.deque()
+        self.queue: collections.deque[bytes | FileBody] = collections.deque()
         self.corked: list[bytes] | None = None
-        self.sock: socket.socket | None = None  # a dup of the transport's, for sendfile
-        self.writer_on = False
+        self.file_sender = FileSender(
+            self.loop,
+            writable=self._on_writable,
+            waiting=self._watch_output,
+            paused=lambda: self.write_paused,
+        )
         self.waiting_drain = False
         self.write_paused = False
         self.read_paused = False
@@ -230,11 +213,11 @@ class HttpConnection(asyncio.Protocol):
         if self.held is not None:
             self.held.cancel()
             self.held = None
-        self._stop_file()
+        self.file_sender.close()
         if self.timer is not None:
             self.timer.cancel()
         for item in self.queue:
-            if isinstance(item, _FileSend):
+            if isinstance(item, FileBody):
                 os.close(item.fd)
         self.queue.clear()
         self.server._gone(self)
@@ -306,7 +289,7 @@ class HttpConnection(asyncio.Protocol):
             self._emit(head)
         elif fd is not None:
             sent = reply.length
-            self._send_file(_FileSend(head, fd, reply.offset, reply.length))
+            self._send_file(FileBody(head, fd, reply.offset, reply.length))
         elif body and status not in _NO_BODY_STATUS:
             sent = len(body)
             self._emit(head + body)
@@ -404,7 +387,7 @@ class HttpConnection(asyncio.Protocol):
         if transport is not None and not transport.is_closing():
             transport.write(data)
 
-    def _send_file(self, item: _FileSend) -> None:
+    def _send_file(self, item: FileBody) -> None:
         corked = self.corked
         if corked:
             self._write(corked[0] if len(corked) == 1 else b"".join(corked))
@@ -423,7 +406,7 @@ class HttpConnection(asyncio.Protocol):
                 transport.write(item)
                 continue
             if self.tls:
-                if not self._pump_file_tls(item):
+                if not self.file_sender.write_tls(transport, item, self.peer):
                     return
                 self.queue.popleft()
                 continue
@@ -433,7 +416,7 @@ class HttpConnection(asyncio.Protocol):
                 self.waiting_drain = True
                 transport.set_write_buffer_limits(high=0, low=0)
                 return
-            if not self._pump_file(item):
+            if not self.file_sender.sendfile(transport, item, self.peer):
                 return
             self.queue.popleft()
         if not self.queue:
@@ -445,72 +428,6 @@ class HttpConnection(asyncio.Protocol):
             else:
                 self._maybe_resume_reading()
 
-    def _pump_file(self, item: _FileSend) -> bool:
-        """Send what the socket takes now; ``True`` once the whole file is sent."""
-        sock = self.sock
-        if sock is None:
-            assert self.transport is not None
-            raw = self.transport.get_extra_info("socket")
-            sock = self.sock = socket.socket(fileno=os.dup(raw.fileno()))
-            sock.setblocking(False)
-        try:
-            while item.head:
-                sent = sock.send(item.head, socket.MSG_MORE)
-                item.head = item.head[sent:]
-            while item.remaining:
-                sent = os.sendfile(sock.fileno(), item.fd, item.offset, item.remaining)
-                if sent == 0:
-                    break  # the file shrank since it was measured: the length cannot be kept
-                item.offset += sent
-                item.remaining -= sent
-        except BlockingIOError:
-            if not self.writer_on:
-                self.loop.add_writer(sock.fileno(), self._on_writable)
-                self.writer_on = True
-                self._watch_output()
-            return False
-        except OSError as exc:
-            LOGGER.info("%s dropped while sending a file: %s", self.peer, exc)
-            self._abort()
-            return False
-        if item.remaining:
-            LOGGER.warning("%s dropped: the file shrank while being sent", self.peer)
-            self._abort()
-            return False
-        os.close(item.fd)
-        if self.writer_on:
-            self.loop.remove_writer(sock.fileno())
-            self.writer_on = False
-        return True
-
-    def _pump_file_tls(self, item: _FileSend) -> bool:
-        """Write the file into the TLS transport until it is full; ``True`` once all is sent."""
-        transport = self.transport
-        assert transport is not None
-        if item.head:
-            transport.write(item.head)
-            item.head = b""
-        # write() calls pause_writing() itself once the buffer passes its high mark.
-        while item.remaining and not self.write_paused:
-            try:
-                chunk = os.pread(item.fd, min(_TLS_FILE_CHUNK, item.remaining), item.offset)
-            except OSError as exc:
-                LOGGER.warning("%s dropped: cannot read the file being sent: %s", self.peer, exc)
-                self._abort()
-                return False
-            if not chunk:
-                LOGGER.warning("%s dropped: the file shrank while being sent", self.peer)
-                self._abort()
-                return False
-            transport.write(chunk)
-            item.offset += len(chunk)
-            item.remaining -= len(chunk)
-        if item.remaining:
-            self._watch_output()
-            return False
-        os.close(item.fd)
-        return True
-
     def _watch_output(self) -> None:
         # Output is waiting for the client: make sure the timer checks its progress in time.
         timeout = self.server.send_timeout
@@ -520,14 +437,6 @@ class HttpConnection(asyncio.Protocol):
     def _on_writable(self) -> None:
         self._flush_queue()
 
-    def _stop_file(self) -> None:
-        sock, self.sock = self.sock, None
-        if sock is not None:
-            if self.writer_on:
-                self.loop.remove_writer(sock.fileno())
-                self.writer_on = False
-            sock.close()
-
     # -- closing, timeouts, flow -----------------------------------------------
 
     def _linger(self) -> None:
@@ -535,7 +444,7 @@ class HttpConnection(asyncio.Protocol):
         if transport is None or self.lingering:
             return
         self.lingering = True
-        self._stop_file()
+        self.file_sender.close()
         if transport.is_closing():
             return
         if not self.eof and transport.can_write_eof():
@@ -546,7 +455,7 @@ class HttpConnection(asyncio.Protocol):
             transport.close()
 
     def _abort(self) -> None:
-        self._stop_file()
+        self.file_sender.close()
         if self.transport is not None:
             self.transport.abort()
 
@@ -583,7 +492,7 @@ class HttpConnection(asyncio.Protocol):
         if self.queue or transport.get_write_buffer_size():
             head = self.queue[0] if self.queue else None
             mark = (
-                head.remaining if isinstance(head, _FileSend) else -1,
+                head.remaining if isinstance(head, FileBody) else -1,
                 transport.get_write_buffer_size(),
             )
             if mark != self.progress:
