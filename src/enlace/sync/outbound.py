@@ -78,17 +78,22 @@ class Outbound:
                     self._fail(f"slow consumer: {waiting} bytes of output waiting (limit {limit})")
                     return
             if not self._pending:
-                try:
-                    taken = self._sock.send(data, _DONTWAIT)
-                except BlockingIOError:
-                    taken = 0
-                except OSError as exc:
-                    self._fail(f"connection lost: {exc.strerror or exc}", exc)
-                    return
-                self.sent += taken
-                if taken == len(data):
-                    return
-                data = memoryview(data)[taken:]
+                # Again while the socket takes some: a TLSSocket takes at most
+                # 256 KiB per call, and a flusher thread is dear for the rest.
+                while True:
+                    try:
+                        taken = self._sock.send(data, _DONTWAIT)
+                    except BlockingIOError:
+                        break
+                    except OSError as exc:
+                        self._fail(f"connection lost: {exc.strerror or exc}", exc)
+                        return
+                    self.sent += taken
+                    if taken == len(data):
+                        return
+                    if not taken:
+                        break
+                    data = memoryview(data)[taken:]
             self._pending += data
             self._note_level()
             if self._flusher is None:
