@@ -45,6 +45,13 @@ _get_ident = threading.get_ident  # bound once: called for every reply
 _THREAD_READ_SIZE = 64 * 1024
 
 
+def _take(corked: list[bytes]) -> bytes:
+    """The corked writes as one piece; the list is left empty, for the next callback."""
+    data = corked[0] if len(corked) == 1 else b"".join(corked)
+    corked.clear()
+    return data
+
+
 def _set_kernel_timeouts(sock: socket.socket, timeout: float | None) -> None:
     """Bound blocking recv/send with SO_RCVTIMEO/SO_SNDTIMEO.
 
@@ -90,7 +97,10 @@ class Connection:
         # The event's flag as a plain attribute, for the per-chunk and per-reply checks.
         self._closing = False
         self._owner: int | None = None
-        # Replies written by the handler during a callback, sent together after it.
+        # Replies written by the handler during a callback on the connection's own
+        # thread, sent together after it: _cork while corked, else None. One list,
+        # emptied after each callback, so the per-chunk path allocates none.
+        self._cork: list[bytes] = []
         self._corked: list[bytes] | None = None
         self._eof = False
         self._send_failure: tuple[str, OSError | None] | None = None
@@ -144,11 +154,11 @@ class Connection:
         work: Coroutine[Any, Any, Any],
         done: Callable[[Any, BaseException | None], None],
     ) -> None:
-        if self._corked and threading.get_ident() == self._owner:
+        corked = self._corked
+        if corked and threading.get_ident() == self._owner:
             # Replies already written in this callback go out before we block, so
             # events pushed meanwhile by other threads cannot overtake them.
-            corked, self._corked = self._corked, []
-            self._send(corked[0] if len(corked) == 1 else b"".join(corked))
+            self._send(_take(corked))
         future = asyncio.run_coroutine_threadsafe(work, _helper_loop())
         try:
             result, error = future.result(), None
@@ -163,7 +173,7 @@ class Connection:
 
     def _send(self, data: bytes) -> None:
         # Never blocks another client's thread (a broadcast); see enlace.sync.outbound.
-        self._outbound.send(data, own_thread=_get_ident() == self._owner)
+        self._outbound.send(data, _get_ident() == self._owner)
 
     def _send_failed(self, reason: str, error: OSError | None) -> None:
         self._send_failure = (reason, error)
@@ -174,13 +184,16 @@ class Connection:
 
     def _call(self, callback: Callable[..., None], *args: object) -> None:
         """Run a handler callback with writes corked, then send them in one go."""
-        self._corked = []
+        if _get_ident() != self._owner:
+            callback(*args)  # another thread's writes are sent as they come, in order
+            return
+        corked = self._corked = self._cork
         try:
             callback(*args)
         finally:
-            corked, self._corked = self._corked, None
+            self._corked = None
             if corked:
-                self._send(corked[0] if len(corked) == 1 else b"".join(corked))
+                self._send(_take(corked))
 
     def run(self) -> None:
         self._owner = threading.get_ident()
@@ -195,12 +208,15 @@ class Connection:
         try:
             self._call(handler.connection_made, self)
             recv_into, received, send = sock.recv_into, handler.data_received, self._outbound.send
+            corked = self._cork
             while not self._closing:
                 size = recv_into(buffer)
-                data = buffer[:size].tobytes()
                 if size == len(buffer) < READ_SIZE:
+                    data = buffer.tobytes()
                     buffer = memoryview(bytearray(READ_SIZE))  # a bulk sender: read more at once
-                if not data:
+                else:
+                    data = buffer[:size].tobytes()
+                if not size:
                     if self._close_requested.is_set():
                         break  # woken by close() from another thread, not a client EOF
                     self._eof = True
@@ -210,13 +226,13 @@ class Connection:
                     break
                 self.bytes_in += size
                 # _call(), inlined: this runs for every chunk received.
-                self._corked = []
+                self._corked = corked
                 try:
                     received(data)
                 finally:
-                    corked, self._corked = self._corked, None
+                    self._corked = None
                     if corked:  # _send(), on the connection's own thread
-                        send(corked[0] if len(corked) == 1 else b"".join(corked), own_thread=True)
+                        send(corked.pop() if len(corked) == 1 else _take(corked), True)
             if self._send_failure is not None:
                 reason, error = self._send_failure
             elif self._close_requested.is_set():
