@@ -256,3 +256,48 @@ def test_tlssocket_nonblocking_send_never_loses_or_repeats_bytes():
     assert blocked > 0  # the socket did push back, so the bookkeeping was exercised
     left.close()
     right.close()
+
+
+def tls_pair() -> tuple[TLSSocket, TLSSocket]:
+    """A server and a client TLSSocket over a socketpair, handshake done."""
+    left, right = socket.socketpair()
+    server = TLSSocket(left, server_ssl(), server_side=True)
+    client = TLSSocket(right, client_ssl(), server_side=False, server_hostname="localhost")
+    shaking = threading.Thread(target=client.handshake, args=(5,))
+    shaking.start()
+    server.handshake(5)
+    shaking.join()
+    return server, client
+
+
+def test_tlssocket_reads_every_waiting_record_in_one_call():
+    # 64 KiB is four TLS records; once they have all arrived, one read returns them
+    # all, so a bulk sender's message reaches the handler as one chunk, not four.
+    server, client = tls_pair()
+    payload = bytes(range(256)) * 256
+    client.sendall(payload)  # a socketpair: sent means waiting in the server's buffer
+    buffer = bytearray(256 * 1024)
+    size = server.recv_into(buffer)
+    assert bytes(buffer[:size]) == payload
+    client.sendall(b"tail")  # and the next read waits for the next record
+    assert server.recv(100) == b"tail"
+    client.shutdown(socket.SHUT_WR)  # close_notify: the end of the stream
+    assert server.recv(100) == b""
+    server.close()
+    client.close()
+
+
+def test_tlssocket_send_takes_a_large_reply_in_one_call():
+    # The runtime's Outbound starts a flusher thread for whatever send() leaves; a
+    # 100 KiB reply (a 64 KiB echo and more) must go in one call when the socket has room.
+    server, client = tls_pair()
+    payload = b"x" * (100 * 1024)
+    assert server.send(payload, socket.MSG_DONTWAIT) == len(payload)
+    received = bytearray()
+    while len(received) < len(payload):
+        chunk = client.recv(len(payload))
+        assert chunk
+        received += chunk
+    assert received == payload
+    server.close()
+    client.close()

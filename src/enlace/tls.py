@@ -43,9 +43,13 @@ __all__ = [
 ]
 
 _HANDSHAKE_RECORD = 0x16
-# Plaintext encrypted per send() of the thread runtime: one TLS record is at most
-# 16 KiB, so this is four records, and bounds the ciphertext a send may leave waiting.
-_SEND_CHUNK = 64 * 1024
+_DONTWAIT = int(socket.MSG_DONTWAIT)  # a plain int: the flag enum converts on every call
+# Plaintext encrypted per send() of the thread runtime (sixteen 16 KiB records):
+# as much as the flusher offers at once, so a 64 KiB reply is one send() and one
+# system call, and a bound on the ciphertext a send may leave waiting.
+_SEND_CHUNK = 256 * 1024
+# The first raw receive buffer of a connection: two full TLS records.
+_RAW_READ_SIZE = 32 * 1024
 # How long a plain client on a TLS port gets to read its answer and close (the
 # runtimes' lingering close).
 _PLAIN_ANSWER_TIMEOUT = 2.0
@@ -218,7 +222,12 @@ class TLSSocket:
         # Plaintext at the head of the caller's next send() that is already in _out:
         # send() reported "would block" for it, and the caller will offer it again.
         self._owed = 0
-        self._closed_by_peer = False
+        # Whether the SSLObject may have plaintext to give without another recv():
+        # false once a read asked for more and nothing came since. Reader thread only.
+        self._readable = True
+        # Raw reads go into one buffer (recv(n) would allocate n bytes per call),
+        # grown to READ_SIZE when a read fills it, as the thread runtime's own.
+        self._raw_view = memoryview(bytearray(_RAW_READ_SIZE))
 
     # -- handshake ---------------------------------------------------------------
 
@@ -280,28 +289,65 @@ class TLSSocket:
     # -- reading -----------------------------------------------------------------
 
     def recv_into(self, buffer: memoryview | bytearray, nbytes: int = 0, flags: int = 0) -> int:
-        """Read decrypted bytes into ``buffer``; 0 at the end of the stream."""
-        size = nbytes or len(buffer)
+        """Read decrypted bytes into ``buffer``; 0 at the end of the stream.
+
+        Decrypts every whole record already received, up to ``nbytes``, so that
+        a bulk sender's 16 KiB records reach the caller as one chunk.
+        """
+        view = memoryview(buffer)
+        size = nbytes or len(view)
         while True:
-            with self._lock:
-                try:
-                    count: int | None = cast(int, self._obj.read(size, buffer))
-                except ssl.SSLWantReadError:
-                    count = None
-                except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
-                    count = 0  # close_notify, or a close without it: the end either way
-                made = self._outgoing.pending
-                if made:
-                    self._out += self._outgoing.read()
-            if made:
-                self._flush_quietly()
-            if count is not None:
-                return count
-            data = self.raw.recv(READ_SIZE)
-            if not data:
+            if self._readable:
+                count = self._decrypt(view, size)
+                if count is not None:
+                    return count
+            raw = self._raw_view
+            received = self.raw.recv_into(raw)
+            if not received:
                 return 0  # our protocols frame their own messages, so a bare FIN is an end
             with self._lock:
-                self._incoming.write(data)
+                self._incoming.write(raw[:received])
+            self._readable = True
+            if received == len(raw):
+                # A bulk sender: read more at once, and take what is already waiting
+                # now, so that its records decrypt as one chunk. An error or the end
+                # shows again on the next blocking read.
+                if len(raw) < READ_SIZE:
+                    self._raw_view = raw = memoryview(bytearray(READ_SIZE))
+                with contextlib.suppress(OSError):
+                    received = self.raw.recv_into(raw, 0, _DONTWAIT)
+                    with self._lock:
+                        self._incoming.write(raw[:received])
+
+    def _decrypt(self, view: memoryview, size: int) -> int | None:
+        """Plaintext into ``view[:size]``: its length, 0 at the end, None if a record is due."""
+        total = 0
+        with self._lock:
+            obj, incoming = self._obj, self._incoming
+            while total < size:
+                try:
+                    count = cast(int, obj.read(size - total, view[total:]))
+                except ssl.SSLWantReadError:
+                    self._readable = False
+                    break
+                except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                    count = 0  # close_notify, or a close without it: the end either way
+                if not count:
+                    if not total:
+                        return 0
+                    break  # the data first; the end again on the next call
+                total += count
+                if not incoming.pending and not obj.pending():
+                    # Another read would only ask for more: skip that call (and its
+                    # release of the GIL), and go straight to the socket next time.
+                    self._readable = False
+                    break
+            made = self._outgoing.pending
+            if made:
+                self._out += self._outgoing.read()
+        if made:
+            self._flush_quietly()
+        return total or None
 
     def recv(self, size: int, flags: int = 0) -> bytes:
         """Read up to ``size`` decrypted bytes; ``b""`` at the end of the stream."""
@@ -346,7 +392,7 @@ class TLSSocket:
         # Called with _wire held.
         while self._out:
             try:
-                sent = self.raw.send(self._out, socket.MSG_DONTWAIT)
+                sent = self.raw.send(self._out, _DONTWAIT)
             except BlockingIOError:
                 return
             with self._lock:

@@ -42,6 +42,7 @@ class Outbound:
         slow_timeout: float | None = SLOW_TIMEOUT,
     ) -> None:
         self._sock = sock
+        self._sock_send = sock.send  # bound once: looked up for every reply otherwise
         self._on_failure = on_failure
         self._max_outbound = max_outbound
         self._slow_timeout = slow_timeout
@@ -63,7 +64,7 @@ class Outbound:
         with self._lock:
             return len(self._pending)
 
-    def send(self, data: bytes | memoryview, *, own_thread: bool) -> None:
+    def send(self, data: bytes | memoryview, own_thread: bool) -> None:
         """Send ``data``, or queue it; with ``own_thread``, wait while the client lags."""
         with self._mutex:
             # Nothing waiting and nothing failed, the common case, skips straight to sending.
@@ -78,17 +79,22 @@ class Outbound:
                     self._fail(f"slow consumer: {waiting} bytes of output waiting (limit {limit})")
                     return
             if not self._pending:
-                try:
-                    taken = self._sock.send(data, _DONTWAIT)
-                except BlockingIOError:
-                    taken = 0
-                except OSError as exc:
-                    self._fail(f"connection lost: {exc.strerror or exc}", exc)
-                    return
-                self.sent += taken
-                if taken == len(data):
-                    return
-                data = memoryview(data)[taken:]
+                # Again while the socket takes some: a TLSSocket takes at most
+                # 256 KiB per call, and a flusher thread is dear for the rest.
+                while True:
+                    try:
+                        taken = self._sock_send(data, _DONTWAIT)
+                    except BlockingIOError:
+                        break
+                    except OSError as exc:
+                        self._fail(f"connection lost: {exc.strerror or exc}", exc)
+                        return
+                    self.sent += taken
+                    if taken == len(data):
+                        return
+                    if not taken:
+                        break
+                    data = memoryview(data)[taken:]
             self._pending += data
             self._note_level()
             if self._flusher is None:
