@@ -11,10 +11,10 @@ explicit: when a client does not read, its transport pauses writing and we
 pause reading from it, so a client that sends without reading cannot make the
 server buffer without bound.
 
-TLS (``ssl=``) is the event loop's own (uvloop's is in C), started by
-``connect_accepted_socket`` after a look at the client's first byte, so a
-plain client can be told ``ERR tls_required`` in clear text instead of
-failing a handshake it does not know it is in. A
+TLS (``ssl=``) is the event loop's own (uvloop's is in C); clients are
+accepted by :class:`~enlace.asyncio.tlsaccept.TLSAcceptor`, which looks at the
+first byte so that a plain client is told ``ERR tls_required`` in clear text
+instead of failing a handshake it does not know it is in. A
 :class:`~enlace.policy.ConnectionPolicy` (allow-list, per-address cap) is
 checked before any handler exists.
 """
@@ -23,9 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import asyncio.selector_events
-import contextlib
 import logging
-import socket
 import ssl as _ssl
 import threading
 import time
@@ -34,6 +32,7 @@ from types import TracebackType
 from typing import Any, cast
 
 from enlace.addresses import format_address
+from enlace.asyncio.tlsaccept import TLSAcceptor
 from enlace.exceptions import EnlaceError
 from enlace.limits import (
     DRAIN_TIMEOUT,
@@ -46,11 +45,11 @@ from enlace.limits import (
     TLS_HANDSHAKE_TIMEOUT,
     WRITE_BUFFER_HIGH,
 )
-from enlace.logs import log_closed, log_handshake_failed, log_refused, logger_for
+from enlace.logs import log_closed, log_refused, logger_for
 from enlace.policy import ConnectionPolicy
 from enlace.services.base import StreamHandler, StreamService
 from enlace.sockets import listen_tcp, peer_address
-from enlace.tls import is_tls_hello, tls_required_answer
+from enlace.tls import tls_required_answer
 
 __all__ = ["Server"]
 
@@ -382,11 +381,6 @@ class _Connection(asyncio.BufferedProtocol):
         self._shut()
 
 
-def _failure(exc: OSError) -> str:
-    reason = getattr(exc, "reason", None) or exc.strerror or str(exc)
-    return str(reason) if reason else f"connection lost ({type(exc).__name__})"
-
-
 class Server:
     """Serve a :class:`~enlace.services.base.StreamService` on the running event loop.
 
@@ -420,9 +414,7 @@ class Server:
         self.handshake_timeout = handshake_timeout
         #: Who may connect; built from ``allow`` and ``max_per_ip`` unless given.
         self.policy = policy or ConnectionPolicy(allow, max_per_ip=max_per_ip)
-        self._listener: socket.socket | None = None  # TLS: we accept ourselves
-        self._accepting: asyncio.Task[None] | None = None
-        self._handshakes: set[asyncio.Task[None]] = set()
+        self._acceptor: TLSAcceptor | None = None  # TLS: we accept ourselves
         self.host = host
         self.port = port
         self.max_connections = max_connections
@@ -444,8 +436,8 @@ class Server:
     @property
     def address(self) -> tuple[str, int]:
         """The address actually listened on (the real port when 0 was asked for)."""
-        if self._listener is not None:
-            return peer_address(self._listener.getsockname())
+        if self._acceptor is not None:
+            return peer_address(self._acceptor.listener.getsockname())
         if self._server is None or not self._server.sockets:
             raise EnlaceError("the server is not started")
         return peer_address(self._server.sockets[0].getsockname())
@@ -457,16 +449,25 @@ class Server:
 
     async def start(self) -> None:
         """Listen and start accepting; returns once the port is open."""
-        if self._server is not None or self._listener is not None:
+        if self._server is not None or self._acceptor is not None:
             return
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
         self._stopped = asyncio.Event()
         sock = listen_tcp(self.host, self.port, backlog=self.backlog)
         if self.ssl is not None:
-            sock.setblocking(False)
-            self._listener = sock
-            self._accepting = self._loop.create_task(self._accept_tls(sock))
+            self._acceptor = TLSAcceptor(
+                sock,
+                ssl=self.ssl,
+                protocol_factory=lambda: _Connection(self),
+                plain_answer=tls_required_answer,
+                policy=self.policy,
+                logger=self.logger,
+                # Handshakes in progress are bounded like connections: each holds a socket.
+                max_handshakes=self.max_connections or MAX_CONNECTIONS,
+                handshake_timeout=self.handshake_timeout,
+            )
+            self._acceptor.start()
             return
         self._server = await self._loop.create_server(
             lambda: _Connection(self), sock=sock, backlog=self.backlog
@@ -483,7 +484,7 @@ class Server:
 
         ``drain_timeout`` defaults to the server's; ``None`` waits for ever.
         """
-        if self._server is None and self._listener is None:
+        if self._server is None and self._acceptor is None:
             return
         if drain_timeout is not None and drain_timeout < 0:
             drain_timeout = self.drain_timeout
@@ -516,105 +517,14 @@ class Server:
         # asserts, the error is swallowed and the socket is left open, so the client
         # hangs. Stop watching the listening sockets first, then let one turn of the
         # loop set up what was already accepted (connection_made closes those).
-        if self._listener is not None:
-            await self._stop_accepting_tls(self._listener)
+        if self._acceptor is not None:
+            await self._acceptor.stop()
             return
         assert self._server is not None
         if isinstance(self._loop, asyncio.selector_events.BaseSelectorEventLoop):
             for sock in self._server.sockets:
                 self._loop.remove_reader(sock.fileno())
             await asyncio.sleep(0)
-
-    # -- TLS: accepting, a look at the first byte, then the loop's handshake ---------
-
-    async def _stop_accepting_tls(self, listener: socket.socket) -> None:
-        tasks = [t for t in (self._accepting, *self._handshakes) if t is not None]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        listener.close()
-
-    async def _accept_tls(self, listener: socket.socket) -> None:
-        loop = self._loop
-        # Handshakes in progress are bounded like connections: each holds a socket.
-        max_handshakes = self.max_connections or MAX_CONNECTIONS
-        while True:
-            try:
-                sock, address = await loop.sock_accept(listener)
-            except OSError:
-                # Out of descriptors or memory: back off instead of spinning.
-                self.logger.exception("accept failed")
-                await asyncio.sleep(0.1)
-                continue
-            peer = peer_address(address)
-            if not self.policy.allowed(peer[0]):
-                log_refused(self.logger, peer, "not in the allow-list")
-                sock.close()
-                continue
-            if len(self._handshakes) >= max_handshakes:
-                log_refused(self.logger, peer, f"{max_handshakes} TLS handshakes in progress")
-                sock.close()
-                continue
-            task = loop.create_task(self._start_tls(sock, peer))
-            self._handshakes.add(task)
-            task.add_done_callback(self._handshakes.discard)
-
-    async def _start_tls(self, sock: socket.socket, peer: tuple[str, int]) -> None:
-        reason = "timed out"
-        try:
-            sock.setblocking(False)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            async with asyncio.timeout(self.handshake_timeout):
-                first = await self._peek(sock)
-            if not first:
-                reason = "closed before the TLS handshake"
-            elif not is_tls_hello(first):
-                reason = "a plain (not TLS) client"
-                await self._tell_plain_client(sock, first)
-            else:
-                await self._loop.connect_accepted_socket(
-                    lambda: _Connection(self),
-                    sock,
-                    ssl=self.ssl,
-                    ssl_handshake_timeout=self.handshake_timeout,
-                )
-                return
-        except TimeoutError:
-            pass
-        except OSError as exc:  # ssl.SSLError included
-            reason = _failure(exc)
-        except asyncio.CancelledError:
-            sock.close()
-            raise
-        sock.close()
-        log_handshake_failed(self.logger, peer, reason)
-
-    async def _peek(self, sock: socket.socket) -> bytes:
-        ready: asyncio.Future[None] = self._loop.create_future()
-        fd = sock.fileno()
-
-        def wake() -> None:
-            if not ready.done():
-                ready.set_result(None)
-
-        self._loop.add_reader(fd, wake)
-        try:
-            await ready
-        finally:
-            self._loop.remove_reader(fd)
-        return sock.recv(1, socket.MSG_PEEK)
-
-    async def _tell_plain_client(self, sock: socket.socket, first: bytes) -> None:
-        # Read what the client sent before answering, or closing with unread data
-        # would reset the connection and destroy our answer in its receive buffer.
-        with contextlib.suppress(BlockingIOError):
-            sock.recv(READ_SIZE)
-        await self._loop.sock_sendall(sock, tls_required_answer(first))
-        sock.shutdown(socket.SHUT_WR)
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(_LINGER_TIMEOUT):
-                while await self._loop.sock_recv(sock, READ_SIZE):
-                    pass
 
     async def __aenter__(self) -> Server:
         await self.start()
