@@ -1,20 +1,14 @@
-"""The asyncio runtime's TCP server, built on :class:`asyncio.BufferedProtocol`.
+"""The asyncio runtime's TCP server: :class:`Server`, on the running event loop.
 
 Protocols rather than streams: no task per connection and no intermediate
 ``StreamReader`` buffer, so each chunk of bytes goes from the loop straight to
-the service's handler. *Buffered* protocols, because a plain ``Protocol``
-transport reads with ``recv(256 KiB)``, allocating (and, at that size,
-mapping and unmapping) 256 KiB for every read however small; we read into one
-buffer per server and hand the handler an exact-size copy. Replies written
-during one callback leave in a single ``transport.write``. Backpressure is
-explicit: when a client does not read, its transport pauses writing and we
-pause reading from it, so a client that sends without reading cannot make the
-server buffer without bound.
+the service's handler (see :mod:`enlace.asyncio.connection`, which also says
+why the protocol interface depends on the loop).
 
-TLS (``ssl=``) is the event loop's own (uvloop's is in C), started by
-``connect_accepted_socket`` after a look at the client's first byte, so a
-plain client can be told ``ERR tls_required`` in clear text instead of
-failing a handshake it does not know it is in. A
+TLS (``ssl=``) is the event loop's own (uvloop's is in C); clients are
+accepted by :class:`~enlace.asyncio.tlsaccept.TLSAcceptor`, which looks at the
+first byte so that a plain client is told ``ERR tls_required`` in clear text
+instead of failing a handshake it does not know it is in. A
 :class:`~enlace.policy.ConnectionPolicy` (allow-list, per-address cap) is
 checked before any handler exists.
 """
@@ -23,17 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import asyncio.selector_events
-import contextlib
 import logging
-import socket
 import ssl as _ssl
 import threading
-import time
-from collections.abc import Callable, Coroutine
 from types import TracebackType
-from typing import Any, cast
 
-from enlace.addresses import format_address
+from enlace.asyncio.connection import Connection, connection_class
+from enlace.asyncio.tlsaccept import TLSAcceptor
 from enlace.exceptions import EnlaceError
 from enlace.limits import (
     DRAIN_TIMEOUT,
@@ -44,347 +34,14 @@ from enlace.limits import (
     READ_SIZE,
     SLOW_TIMEOUT,
     TLS_HANDSHAKE_TIMEOUT,
-    WRITE_BUFFER_HIGH,
 )
-from enlace.logs import log_closed, log_handshake_failed, log_refused, logger_for
+from enlace.logs import logger_for
 from enlace.policy import ConnectionPolicy
-from enlace.services.base import StreamHandler, StreamService
+from enlace.services.base import StreamService
 from enlace.sockets import listen_tcp, peer_address
-from enlace.tls import is_tls_hello, tls_required_answer
+from enlace.tls import tls_required_answer
 
 __all__ = ["Server"]
-
-# Bound once: these run for every chunk received.
-_monotonic = time.monotonic
-_thread_id = threading.get_ident
-
-# See enlace.sync.server: read and discard for a moment after closing, so our
-# last reply is not destroyed by a reset.
-_LINGER_TIMEOUT = 2.0
-_LINGER_BYTES = 1024 * 1024
-
-
-class _Connection(asyncio.BufferedProtocol):
-    """One client: the loop's callbacks in, the service handler's Transport out."""
-
-    def __init__(self, server: Server) -> None:
-        self._server = server
-        self._loop = server._loop
-        self._transport: asyncio.Transport | None = None
-        self._handler: StreamHandler | None = None
-        self._peer: tuple[str, int] = ("?", 0)
-        self._corked: list[bytes] | None = None
-        self._closing = False
-        self._eof = False
-        self._discarded = 0  # bytes thrown away while lingering
-        self._refused = False
-        self._reason = "closed by client"
-        self._started = time.monotonic()
-        self._loop_thread = server._loop_thread
-        self._last_activity = _monotonic()
-        self._timer: asyncio.TimerHandle | None = None
-        self._slow_timer: asyncio.TimerHandle | None = None
-        self._paused_by: set[str] = set()
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._read_buffer = server._read_buffer
-        self.bytes_in = 0
-        self.bytes_out = 0
-
-    # -- Transport (what the handler calls) ----------------------------------
-
-    @property
-    def peer(self) -> tuple[str, int]:
-        return self._peer
-
-    def write(self, data: bytes) -> None:
-        if _thread_id() != self._loop_thread:
-            self._loop.call_soon_threadsafe(self.write, data)
-            return
-        if not data or self._closing:
-            return
-        self.bytes_out += len(data)
-        corked = self._corked
-        if corked is not None:
-            corked.append(data)
-        else:
-            self._send(data)
-
-    def close(self) -> None:
-        if _thread_id() != self._loop_thread:
-            self._loop.call_soon_threadsafe(self.close)
-            return
-        if self._closing:
-            return
-        self._closing = True
-        if self._corked is None:
-            self._shut()
-        # else: _call() shuts after sending what the callback wrote
-
-    def pause_reading(self) -> None:
-        self._pause("handler")
-
-    def resume_reading(self) -> None:
-        self._resume("handler")
-
-    def call_async(
-        self,
-        work: Coroutine[Any, Any, Any],
-        done: Callable[[Any, BaseException | None], None],
-    ) -> None:
-        task = self._loop.create_task(work)
-        self._tasks.add(task)
-        task.add_done_callback(lambda task: self._task_done(task, done))
-
-    def _task_done(
-        self, task: asyncio.Task[Any], done: Callable[[Any, BaseException | None], None]
-    ) -> None:
-        self._tasks.discard(task)
-        if task.cancelled():
-            return  # the connection is gone; nobody is waiting for the answer
-        error = task.exception()
-        self._call(done, None if error else task.result(), error)
-
-    def _pause(self, reason: str) -> None:
-        # Two independent reasons to stop reading: the client does not read our
-        # replies (backpressure), or the handler has too many requests queued.
-        if not self._paused_by and self._transport is not None and not self._closing:
-            self._transport.pause_reading()
-        self._paused_by.add(reason)
-
-    def _resume(self, reason: str) -> None:
-        self._paused_by.discard(reason)
-        if not self._paused_by and self._transport is not None and not self._closing:
-            self._transport.resume_reading()
-
-    # -- asyncio.BufferedProtocol (what the loop calls) ----------------------
-
-    def get_buffer(self, sizehint: int) -> memoryview:
-        # Shared by all connections: the loop calls buffer_updated() right after
-        # filling it, and buffer_updated() copies the bytes out before returning.
-        return self._read_buffer
-
-    def buffer_updated(self, nbytes: int) -> None:
-        # The hottest path of the runtime: _call() inlined, one write per chunk.
-        if self._closing:
-            self._discard(nbytes)
-            return
-        self.bytes_in += nbytes
-        self._last_activity = _monotonic()
-        corked: list[bytes] = []
-        self._corked = corked
-        try:
-            self._handler.data_received(self._read_buffer[:nbytes].tobytes())  # type: ignore[union-attr]
-        except Exception as exc:  # noqa: BLE001 - a handler bug costs one connection only
-            self._handler_failed(exc)
-        self._corked = None
-        if corked:
-            self._send(corked[0] if len(corked) == 1 else b"".join(corked))
-        if self._closing:
-            self._shut()
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = transport = cast(asyncio.Transport, transport)
-        self._peer = peer_address(transport.get_extra_info("peername"))
-        server = self._server
-        server._connections.add(self)
-        if server._shutting_down:
-            # Accepted by the loop in the same turn as shutdown(): too late to be served.
-            self._refused = True
-            transport.abort()
-            return
-        if not server.policy.allowed(self._peer[0]):
-            self._refused = True
-            log_refused(server.logger, self._peer, "not in the allow-list")
-            transport.abort()
-            return
-        if server.max_connections is not None and server._active >= server.max_connections:
-            self._refuse(f"too many connections (limit {server.max_connections})")
-            return
-        refused = server.policy.acquire(self._peer[0])
-        if refused is not None:
-            self._refuse(refused)
-            return
-        server._active += 1
-        transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)
-        if server.idle_timeout is not None:
-            self._timer = self._loop.call_later(server.idle_timeout, self._check_idle)
-        try:
-            self._handler = server.service.handler()
-        except Exception:
-            server.logger.exception(
-                "could not set up a connection from %s", format_address(*self._peer)
-            )
-            self._reason = "setup error"
-            transport.abort()
-            return
-        self._call(self._handler.connection_made, self)
-
-    @property
-    def _keep_open_on_eof(self) -> bool:
-        # asyncio's TLS cannot half-close (it warns when asked to): a TLS connection
-        # ends once what the handler wrote so far is sent.
-        return self._server.ssl is None
-
-    def eof_received(self) -> bool:
-        self._eof = True
-        if self._closing:
-            if self._transport is not None:
-                self._transport.close()
-            return self._keep_open_on_eof
-        assert self._handler is not None
-        self._call(self._handler.eof_received)
-        # Keep the transport: the handler closes it once its replies are written.
-        return self._keep_open_on_eof
-
-    def pause_writing(self) -> None:
-        self._pause("writing")
-        timeout = self._server.slow_timeout
-        if timeout is not None and self._slow_timer is None:
-            reason = f"slow consumer: output unread for {timeout:g} s"
-            self._slow_timer = self._loop.call_later(timeout, self._drop_slow, reason)
-
-    def resume_writing(self) -> None:
-        self._resume("writing")
-        if self._slow_timer is not None:
-            self._slow_timer.cancel()
-            self._slow_timer = None
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        if self._slow_timer is not None:
-            self._slow_timer.cancel()
-        for task in self._tasks:
-            task.cancel()
-        server = self._server
-        server._connections.discard(self)
-        if not server._connections and server._drained is not None:
-            server._drained.set()
-        if self._refused:
-            return
-        server._active -= 1
-        server.policy.release(self._peer[0])
-        if exc is not None and not self._reason.startswith("slow consumer"):
-            self._reason = f"connection lost: {getattr(exc, 'strerror', None) or exc}"
-        if self._handler is not None:
-            try:
-                self._handler.connection_lost(exc)
-            except Exception:
-                server.logger.exception(
-                    "error in connection_lost on %s", format_address(*self._peer)
-                )
-        log_closed(
-            server.logger,
-            self._peer,
-            bytes_in=self.bytes_in,
-            bytes_out=self.bytes_out,
-            duration=time.monotonic() - self._started,
-            reason=self._reason,
-        )
-
-    # -- used by Server.shutdown -------------------------------------------------
-
-    def force_close(self, reason: str) -> None:
-        """Close now, after pending replies but without lingering for the client."""
-        self._reason = reason
-        self._closing = True
-        if self._transport is not None:
-            self._transport.close()
-
-    def abort(self) -> None:
-        """Drop the connection, pending replies included."""
-        if self._transport is not None:
-            self._transport.abort()
-
-    # -- internals -------------------------------------------------------------
-
-    def _call(self, callback: Callable[..., None], *args: object) -> None:
-        """Run a handler callback with writes corked, then send them in one go."""
-        self._corked = []
-        try:
-            callback(*args)
-        except Exception as exc:  # noqa: BLE001 - a handler bug costs one connection only
-            self._handler_failed(exc)
-        finally:
-            corked, self._corked = self._corked, None
-            if corked:
-                self._send(corked[0] if len(corked) == 1 else b"".join(corked))
-            if self._closing:
-                self._shut()
-
-    def _send(self, data: bytes) -> None:
-        transport = self._transport
-        if transport is None or transport.is_closing():
-            return
-        limit = self._server.max_outbound
-        if limit is not None and (waiting := transport.get_write_buffer_size()) > limit:
-            self._drop_slow(f"slow consumer: {waiting} bytes of output waiting (limit {limit})")
-            return
-        transport.write(data)
-
-    def _drop_slow(self, reason: str) -> None:
-        # Its output cannot be delivered anyway: drop it, so that the memory is
-        # freed now and the others never wait for this client.
-        self._reason = reason
-        self._closing = True
-        if self._slow_timer is not None:
-            self._slow_timer.cancel()
-        if self._transport is not None:
-            self._transport.abort()
-
-    def _handler_failed(self, exc: Exception) -> None:
-        self._server.logger.error("handler error on %s", format_address(*self._peer), exc_info=exc)
-        self._reason = f"handler error: {exc!r}"
-        self._closing = True
-
-    def _shut(self) -> None:
-        transport = self._transport
-        if transport is None or transport.is_closing():
-            return
-        if self._reason == "closed by client":
-            self._reason = "done" if self._eof else "closed by server"
-        if self._eof or not transport.can_write_eof():
-            transport.close()
-            return
-        # Lingering close: send our FIN after the pending replies, keep reading
-        # (and discarding) until the client's FIN or a short deadline.
-        transport.write_eof()
-        transport.resume_reading()
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer = self._loop.call_later(_LINGER_TIMEOUT, transport.close)
-
-    def _discard(self, size: int) -> None:
-        self._discarded += size
-        if self._discarded > _LINGER_BYTES and self._transport is not None:
-            self._transport.close()
-
-    def _check_idle(self) -> None:
-        timeout = self._server.idle_timeout
-        assert timeout is not None
-        remaining = self._last_activity + timeout - _monotonic()
-        if remaining <= 0:
-            self._reason = "idle timeout"
-            self._closing = True
-            if self._eof and self._transport is not None:
-                self._transport.abort()
-            else:
-                self._shut()
-        else:
-            self._timer = self._loop.call_later(remaining, self._check_idle)
-
-    def _refuse(self, reason: str) -> None:
-        assert self._transport is not None
-        self._refused = True
-        self._closing = True
-        log_refused(self._server.logger, self._peer, reason)
-        self._transport.write(self._server.service.refusal(reason))
-        self._shut()
-
-
-def _failure(exc: OSError) -> str:
-    reason = getattr(exc, "reason", None) or exc.strerror or str(exc)
-    return str(reason) if reason else f"connection lost ({type(exc).__name__})"
 
 
 class Server:
@@ -420,9 +77,7 @@ class Server:
         self.handshake_timeout = handshake_timeout
         #: Who may connect; built from ``allow`` and ``max_per_ip`` unless given.
         self.policy = policy or ConnectionPolicy(allow, max_per_ip=max_per_ip)
-        self._listener: socket.socket | None = None  # TLS: we accept ourselves
-        self._accepting: asyncio.Task[None] | None = None
-        self._handshakes: set[asyncio.Task[None]] = set()
+        self._acceptor: TLSAcceptor | None = None  # TLS: we accept ourselves
         self.host = host
         self.port = port
         self.max_connections = max_connections
@@ -433,7 +88,7 @@ class Server:
         self.backlog = backlog
         self.logger: logging.Logger = logger_for(service.name)
         self._server: asyncio.Server | None = None
-        self._connections: set[_Connection] = set()
+        self._connections: set[Connection] = set()
         self._active = 0  # connections counted against max_connections (not refused ones)
         self._read_buffer = memoryview(bytearray(READ_SIZE))
         self._shutting_down = False
@@ -444,8 +99,8 @@ class Server:
     @property
     def address(self) -> tuple[str, int]:
         """The address actually listened on (the real port when 0 was asked for)."""
-        if self._listener is not None:
-            return peer_address(self._listener.getsockname())
+        if self._acceptor is not None:
+            return peer_address(self._acceptor.listener.getsockname())
         if self._server is None or not self._server.sockets:
             raise EnlaceError("the server is not started")
         return peer_address(self._server.sockets[0].getsockname())
@@ -457,19 +112,29 @@ class Server:
 
     async def start(self) -> None:
         """Listen and start accepting; returns once the port is open."""
-        if self._server is not None or self._listener is not None:
+        if self._server is not None or self._acceptor is not None:
             return
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
         self._stopped = asyncio.Event()
+        connection = connection_class(self._loop)
         sock = listen_tcp(self.host, self.port, backlog=self.backlog)
         if self.ssl is not None:
-            sock.setblocking(False)
-            self._listener = sock
-            self._accepting = self._loop.create_task(self._accept_tls(sock))
+            self._acceptor = TLSAcceptor(
+                sock,
+                ssl=self.ssl,
+                protocol_factory=lambda: connection(self),
+                plain_answer=tls_required_answer,
+                policy=self.policy,
+                logger=self.logger,
+                # Handshakes in progress are bounded like connections: each holds a socket.
+                max_handshakes=self.max_connections or MAX_CONNECTIONS,
+                handshake_timeout=self.handshake_timeout,
+            )
+            self._acceptor.start()
             return
         self._server = await self._loop.create_server(
-            lambda: _Connection(self), sock=sock, backlog=self.backlog
+            lambda: connection(self), sock=sock, backlog=self.backlog
         )
 
     async def serve_forever(self) -> None:
@@ -483,7 +148,7 @@ class Server:
 
         ``drain_timeout`` defaults to the server's; ``None`` waits for ever.
         """
-        if self._server is None and self._listener is None:
+        if self._server is None and self._acceptor is None:
             return
         if drain_timeout is not None and drain_timeout < 0:
             drain_timeout = self.drain_timeout
@@ -516,105 +181,14 @@ class Server:
         # asserts, the error is swallowed and the socket is left open, so the client
         # hangs. Stop watching the listening sockets first, then let one turn of the
         # loop set up what was already accepted (connection_made closes those).
-        if self._listener is not None:
-            await self._stop_accepting_tls(self._listener)
+        if self._acceptor is not None:
+            await self._acceptor.stop()
             return
         assert self._server is not None
         if isinstance(self._loop, asyncio.selector_events.BaseSelectorEventLoop):
             for sock in self._server.sockets:
                 self._loop.remove_reader(sock.fileno())
             await asyncio.sleep(0)
-
-    # -- TLS: accepting, a look at the first byte, then the loop's handshake ---------
-
-    async def _stop_accepting_tls(self, listener: socket.socket) -> None:
-        tasks = [t for t in (self._accepting, *self._handshakes) if t is not None]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        listener.close()
-
-    async def _accept_tls(self, listener: socket.socket) -> None:
-        loop = self._loop
-        # Handshakes in progress are bounded like connections: each holds a socket.
-        max_handshakes = self.max_connections or MAX_CONNECTIONS
-        while True:
-            try:
-                sock, address = await loop.sock_accept(listener)
-            except OSError:
-                # Out of descriptors or memory: back off instead of spinning.
-                self.logger.exception("accept failed")
-                await asyncio.sleep(0.1)
-                continue
-            peer = peer_address(address)
-            if not self.policy.allowed(peer[0]):
-                log_refused(self.logger, peer, "not in the allow-list")
-                sock.close()
-                continue
-            if len(self._handshakes) >= max_handshakes:
-                log_refused(self.logger, peer, f"{max_handshakes} TLS handshakes in progress")
-                sock.close()
-                continue
-            task = loop.create_task(self._start_tls(sock, peer))
-            self._handshakes.add(task)
-            task.add_done_callback(self._handshakes.discard)
-
-    async def _start_tls(self, sock: socket.socket, peer: tuple[str, int]) -> None:
-        reason = "timed out"
-        try:
-            sock.setblocking(False)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            async with asyncio.timeout(self.handshake_timeout):
-                first = await self._peek(sock)
-            if not first:
-                reason = "closed before the TLS handshake"
-            elif not is_tls_hello(first):
-                reason = "a plain (not TLS) client"
-                await self._tell_plain_client(sock, first)
-            else:
-                await self._loop.connect_accepted_socket(
-                    lambda: _Connection(self),
-                    sock,
-                    ssl=self.ssl,
-                    ssl_handshake_timeout=self.handshake_timeout,
-                )
-                return
-        except TimeoutError:
-            pass
-        except OSError as exc:  # ssl.SSLError included
-            reason = _failure(exc)
-        except asyncio.CancelledError:
-            sock.close()
-            raise
-        sock.close()
-        log_handshake_failed(self.logger, peer, reason)
-
-    async def _peek(self, sock: socket.socket) -> bytes:
-        ready: asyncio.Future[None] = self._loop.create_future()
-        fd = sock.fileno()
-
-        def wake() -> None:
-            if not ready.done():
-                ready.set_result(None)
-
-        self._loop.add_reader(fd, wake)
-        try:
-            await ready
-        finally:
-            self._loop.remove_reader(fd)
-        return sock.recv(1, socket.MSG_PEEK)
-
-    async def _tell_plain_client(self, sock: socket.socket, first: bytes) -> None:
-        # Read what the client sent before answering, or closing with unread data
-        # would reset the connection and destroy our answer in its receive buffer.
-        with contextlib.suppress(BlockingIOError):
-            sock.recv(READ_SIZE)
-        await self._loop.sock_sendall(sock, tls_required_answer(first))
-        sock.shutdown(socket.SHUT_WR)
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(_LINGER_TIMEOUT):
-                while await self._loop.sock_recv(sock, READ_SIZE):
-                    pass
 
     async def __aenter__(self) -> Server:
         await self.start()
