@@ -134,6 +134,22 @@ SUITES: dict[str, Suite] = {
                     tls_args=TLS_ARGS,
                 ),
                 Server(
+                    # The same server on asyncio's own loop: how much uvloop gives (or costs).
+                    "enlace-asyncio-stdloop",
+                    _enlace(
+                        "echo",
+                        "--framed",
+                        "--port",
+                        "0",
+                        "--runtime",
+                        "asyncio",
+                        "--loop",
+                        "asyncio",
+                    ),
+                    "enlace",
+                    tls_args=TLS_ARGS,
+                ),
+                Server(
                     "enlace-threads",
                     _enlace("echo", "--framed", "--port", "0", "--runtime", "threads"),
                     "enlace",

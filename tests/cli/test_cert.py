@@ -111,3 +111,11 @@ def test_bad_allow_is_a_usage_error(runtime):
     result = run("serve", "echo", "--allow", "ten", "--runtime", runtime)
     assert result.returncode == 2
     assert b"bad network 'ten'" in result.stderr
+
+
+def test_auto_loop_is_asyncios_own_with_tls(cert, runtime):
+    # uvloop's TLS is about half as fast for small messages (benchmarks/run.py --tls).
+    cert_file, key_file, _ = cert
+    flags = ["--tls-cert", str(cert_file), "--tls-key", str(key_file)]
+    with server("serve", "echo", "--port", "0", "--runtime", runtime, *flags) as cli:
+        assert f"(tcp, {runtime} runtime)".encode() in cli.banner
