@@ -85,6 +85,12 @@ def make_service() -> MessageService:
         return text.upper()
 
     @service.command
+    def announce(text: str = "") -> str:
+        # Pushes without ctx: to every session, the caller's among them.
+        service.broadcast({"event": "note", "text": text})
+        return "sent"
+
+    @service.command
     async def later(text: str = "") -> str:
         await asyncio.sleep(0)
         return text[::-1]
@@ -135,6 +141,7 @@ class Recorder:
             except Exception as exc:
                 result, error = None, exc
             done(result, error)
+            self.log.append(CALLBACK_ENDS)
 
 
 def run(chunks: list[bytes], finish_after: list[bool], *, fast: bool) -> list[tuple[str, bytes]]:
@@ -150,11 +157,35 @@ def run(chunks: list[bytes], finish_after: list[bool], *, fast: bool) -> list[tu
         handler.connection_made(transport)
         for chunk, finish in zip(chunks, finish_after, strict=True):
             handler.data_received(chunk)
+            transport.log.append(CALLBACK_ENDS)
             if finish:
                 transport.finish()
         handler.eof_received()
         transport.finish()
-    return transport.log
+    return merged(transport.log)
+
+
+CALLBACK_ENDS = ("callback ends", b"")
+
+
+def merged(log: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
+    """``log`` with the consecutive writes of one callback as one write.
+
+    A runtime sends the writes of one callback together (the fast path joins its
+    replies into one write), so within a callback only their bytes and order count.
+    """
+    out: list[tuple[str, bytes]] = []
+    joinable = False
+    for what, data in log:
+        if (what, data) == CALLBACK_ENDS:
+            joinable = False
+            continue
+        if what == "write" and joinable:
+            out[-1] = ("write", out[-1][1] + data)
+        else:
+            out.append((what, data))
+        joinable = what == "write"
+    return out
 
 
 # Text commands: each either takes the fast path or is handed to the general one.
@@ -179,6 +210,7 @@ COMMANDS = [
     b"/huge",
     b"/silent",
     b"/shout hey",
+    b"/announce news",
     b"/later abc",
     b"/slowly ab",
     b"/nope",
@@ -255,15 +287,34 @@ def test_the_fast_path_serves_what_it_can_and_hands_on_the_rest() -> None:
     assert log == [
         ("write", frame(b"a")),
         ("pause", b""),
-        ("write", frame(b"cb")),
-        ("write", frame(b"d")),
-        ("write", frame(b"ERR unknown_command: unknown command /nope (try /help)")),
-        ("write", frame(b"3")),
-        ("write", frame(b"* e")),
-        ("write", frame(b"E")),
-        ("write", frame(b"bye")),
+        # The writes of one callback (here /later's done()) as one: see merged().
+        (
+            "write",
+            frame(b"cb")
+            + frame(b"d")
+            + frame(b"ERR unknown_command: unknown command /nope (try /help)")
+            + frame(b"3")
+            + frame(b"* e")
+            + frame(b"E")
+            + frame(b"bye"),
+        ),
         ("close", b""),
         ("resume", b""),  # the backlog is empty (/quit dropped it); the runtime ignores it
+    ]
+
+
+def test_the_replies_to_one_chunk_go_out_in_one_write() -> None:
+    transport = Recorder()
+    handler = make_service().handler()
+    handler.connection_made(transport)
+    handler.data_received(b"".join(frame(b"/echo %d" % i) for i in range(8)))
+    assert transport.log == [("write", b"".join(frame(b"%d" % i) for i in range(8)))]
+    # A push sends the replies before it first, then the rest follow in a second write.
+    handler.data_received(frame(b"/echo a") + frame(b"/announce b") + frame(b"/echo c"))
+    assert transport.log[1:] == [
+        ("write", frame(b"a")),
+        ("write", frame(b"* b")),
+        ("write", frame(b"sent") + frame(b"c")),
     ]
 
 
