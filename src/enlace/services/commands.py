@@ -156,6 +156,9 @@ class Command:
         #: ahead for the message server's fast path: ``None`` where that method would
         #: convert or refuse (the caller then runs it, and it says why).
         self.quick_text = self._quick_text_binder()
+        #: Whether a non-empty ``rest`` is the whole argument list as it stands (one
+        #: ``str`` parameter, no ``ctx``): the fast path then calls ``function(rest)``.
+        self.takes_rest = not self.takes_context and len(self._params) == 1 and self._text_only
 
     def _quick_text_binder(self) -> Callable[[str], list[Any] | None]:
         count, required, defaults = len(self._params), self._required, self._defaults

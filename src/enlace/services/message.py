@@ -161,15 +161,20 @@ class _MessageHandler(StreamHandler):
                     release()
                     self._submit(TextCommand(name, rest))
                     continue
-                args = command.quick_text(rest)
-                if args is None:
-                    release()
-                    self._serve(TextCommand(name, rest))  # binds as usual, refusing or converting
-                    continue
-                if command.takes_context:
-                    args.insert(0, context)
+                if rest and command.takes_rest:
+                    args = None  # the one argument is rest, as given: no binding to do
+                else:
+                    args = command.quick_text(rest)
+                    if args is None:
+                        release()
+                        self._serve(
+                            TextCommand(name, rest)
+                        )  # binds as usual, refusing or converting
+                        continue
+                    if command.takes_context:
+                        args.insert(0, context)
                 try:
-                    result = command.function(*args)
+                    result = command.function(rest) if args is None else command.function(*args)
                 except Exception as exc:  # noqa: BLE001 - a command's failure becomes its error reply
                     release()
                     self._answer_error(_TEXT, command, exc)
