@@ -254,6 +254,9 @@ def render_event(event: dict[str, Any]) -> str:
     return f"* {dumps(event).decode()}"
 
 
+# Above what a frame header can say: as a frame limit, no limit.
+_NO_FRAME_LIMIT = 1 << 32
+
 # Replies to text commands depend on nothing else about the request.
 _A_TEXT_COMMAND = TextCommand("", "")
 
@@ -348,11 +351,14 @@ class ServerConnection:
         if type(decoder) is not LengthPrefixDecoder or not decoder.at_boundary() or self.trace:
             return None
         limit = self._frame_limit
+        if limit is None:
+            limit = _NO_FRAME_LIMIT
         commands: list[tuple[str, str]] = []
+        add, unpack = commands.append, unpack_header
         position, end = 0, len(data)
         while end - position >= HEADER_SIZE:
-            (size,) = unpack_header(data, position)
-            if limit is not None and size > limit:
+            (size,) = unpack(data, position)
+            if size > limit:
                 return None  # receive() answers the frames before it, then the error
             start = position + HEADER_SIZE
             stop = start + size
@@ -372,7 +378,7 @@ class ServerConnection:
             name, _, rest = text.partition(" ")
             if not name or name != name.strip():
                 return None
-            commands.append((name.lower(), rest.strip()))
+            add((name.lower(), rest.strip()))
         if position < end:
             decoder.feed(data[position:])  # part of a frame, its header within the limit
         if commands:

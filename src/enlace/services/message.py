@@ -111,7 +111,8 @@ class _MessageHandler(StreamHandler):
         self._eof = False
         self._closing = False
         self._backlog: deque[Request | BadRequest] = deque()
-        self._commands = service.commands.by_name
+        self._command_named = service.commands.by_name.get  # live: later commands appear
+        self._text_reply = self._protocol.text_reply
         self.session: Session
         self._context: Context
 
@@ -145,8 +146,8 @@ class _MessageHandler(StreamHandler):
         # held and sent in one write (the runtime's per-write cost is most of a short
         # reply's); whatever else writes (the general path, a push, a close) sends the
         # held ones first, so the bytes and their order are the general path's.
-        session, get, context = self.session, self._commands.get, self._context
-        text_reply = protocol.text_reply
+        session, get, context = self.session, self._command_named, self._context
+        text_reply = self._text_reply
         held: list[bytes] | None = None
         if len(commands) > 1:
             held = []
