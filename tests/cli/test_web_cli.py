@@ -172,3 +172,18 @@ def test_serve_web_closes_a_client_outside_the_allow_list_at_once():
     assert code == 0
     assert b"127.0.0.1 refused: not in the allow-list" in err
     assert b'"GET / HTTP/1.1"' not in err  # never reached the HTTP handler
+
+
+def test_serve_web_origin_lets_another_sites_pages_in():
+    with server("serve", "web", "--port", "0", "--origin", "https://chat.example") as cli:
+        url = f"ws://127.0.0.1:{cli.port}/ws"
+        with ws_connect(url, origin="https://chat.example", open_timeout=15) as ws:
+            ws.send(json.dumps({"id": 1, "cmd": "ping"}))
+            while True:  # the chat greets in text form before the first request
+                message = ws.recv(timeout=5)
+                if isinstance(message, str) and message.startswith("{"):
+                    assert json.loads(message) == {"id": 1, "ok": True, "result": "pong"}
+                    break
+        with pytest.raises(InvalidStatus) as refused:
+            ws_connect(url, origin="https://evil.example", open_timeout=15)
+        assert refused.value.response.status_code == 403

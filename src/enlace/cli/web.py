@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib
 import os
 import ssl as _ssl
 from collections.abc import Callable, Sequence
@@ -32,6 +31,7 @@ from enlace.limits import (
 from enlace.services.chat import ChatService
 from enlace.web import ServiceInfo, WebServer, WebServerThread
 from enlace.web.server import UpgradeEndpoint
+from enlace.web.websocket import WebSocketEndpoint
 
 __all__ = ["WebApp", "build_web", "web_options"]
 
@@ -45,6 +45,8 @@ class WebApp:
     chat: ChatService | None = None
     #: The token the browser chat (``/ws``) requires; the files stay public.
     token: str | None = None
+    #: Browser origins allowed on ``/ws`` besides this server's own pages.
+    origins: Sequence[str] = ()
     limits: dict[str, Any] = field(default_factory=dict)
     servers: list[WebServer] = field(default_factory=list)
 
@@ -108,13 +110,7 @@ class WebApp:
     def _endpoint(self) -> UpgradeEndpoint | None:
         if self.chat is None:
             return None
-        try:
-            # The browser chat's bridge ships beside the server; without it /ws is a 404.
-            module = importlib.import_module("enlace.web.websocket")
-        except ModuleNotFoundError:
-            return None
-        endpoint: UpgradeEndpoint = module.WebSocketEndpoint(self.chat, token=self.token)
-        return endpoint
+        return WebSocketEndpoint(self.chat, token=self.token, allowed_origins=self.origins)
 
 
 def web_options(parser: argparse.ArgumentParser) -> None:
@@ -136,6 +132,15 @@ def web_options(parser: argparse.ArgumentParser) -> None:
         help="the browser chat (/ws) requires this token: open /chat.html#token=SECRET, "
         "or the page asks for it; the files stay public "
         f"(default: ${TOKEN_ENV} if set, else no token)",
+    )
+    parser.add_argument(
+        "--origin",
+        action="append",
+        default=[],
+        dest="origins",
+        metavar="URL",
+        help="also let browser pages from this origin (scheme://host[:port], or '*' for any) "
+        "open the chat's WebSocket; repeatable (default: only pages this server served)",
     )
     for option, default, what in (
         ("--max-request-line", MAX_REQUEST_LINE, "longest request line, in bytes (414 past it)"),
@@ -185,5 +190,6 @@ def build_web(args: argparse.Namespace, chat: ChatService | None) -> WebApp:
         listing=bool(getattr(args, "list", False)),
         chat=chat,
         token=getattr(args, "token", None) or None,
+        origins=tuple(getattr(args, "origins", ())),
         limits=limits,
     )
