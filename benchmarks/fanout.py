@@ -42,6 +42,16 @@ from pathlib import Path
 from typing import Any
 
 from harness import BENCHMARKS, BUILD, RESULTS
+from harness.fanout_tables import (
+    ANCHOR,
+    cell_summary,
+    compute_ratios,
+    format_notes,
+    format_table,
+    good,
+    lost_of,
+    repeat_notes,
+)
 from harness.loadgen import build_c_program, run_json_program
 from harness.servers import (
     RunningServer,
@@ -53,7 +63,7 @@ from harness.servers import (
     start_server,
     stop_server,
 )
-from harness.tables import median_run, pct, rate, render, us
+from harness.tables import median_run
 
 __all__ = ["main"]
 
@@ -64,7 +74,6 @@ CHAT_SERVER = BENCHMARKS / "chat_server.py"
 
 REDIS_START_TIMEOUT = 10.0  # seconds for redis-server to answer PING
 CLIENT_SLACK = 20.0  # seconds allowed beyond the client's own time bounds
-BUSY_CPU = 0.85  # a client using more of its core than this may have been the bottleneck
 
 
 @dataclass(frozen=True)
@@ -94,8 +103,6 @@ TARGETS = (
     Target("enlace-redis-hub", "chat-hub", "asyncio"),
     Target("redis", "redis"),
 )
-ENLACE = ("enlace-asyncio", "enlace-threads", "enlace-redis-hub")
-ANCHOR = "redis"
 
 
 # ---- the client ----
@@ -297,136 +304,6 @@ def run_cell(
     return result
 
 
-def lost_of(cell: dict[str, Any]) -> int:
-    """Deliveries lost or out of order."""
-    return int(cell.get("lost", 0)) + int(cell.get("reordered", 0))
-
-
-def good(cell: dict[str, Any] | None) -> bool:
-    return bool(cell and cell.get("ok") and cell.get("deliveries"))
-
-
-def compute_ratios(
-    loads: list[Load], results: dict[str, dict[str, dict[str, Any]]]
-) -> dict[str, dict[str, dict[str, float | None]]]:
-    """load -> enlace row -> delivered/s and p99 latency, each divided by Redis's.
-
-    Only when both served the same number of receivers; otherwise the values are None.
-    """
-    ratios: dict[str, dict[str, dict[str, float | None]]] = {}
-    for load in loads:
-        anchor = results.get(load.key, {}).get(ANCHOR)
-        ratios[load.key] = {}
-        for name in ENLACE:
-            cell = results.get(load.key, {}).get(name)
-            value: dict[str, float | None] = {"delivered_per_s": None, "p99": None}
-            if (
-                good(cell)
-                and good(anchor)
-                and cell is not None
-                and anchor is not None
-                and cell["counted_receivers"] == anchor["counted_receivers"]
-            ):
-                value["delivered_per_s"] = cell["delivered_per_s"] / anchor["delivered_per_s"]
-                if anchor["p99_us"] > 0:
-                    value["p99"] = cell["p99_us"] / anchor["p99_us"]
-            ratios[load.key][name] = value
-    return ratios
-
-
-def format_table(
-    loads: list[Load],
-    results: dict[str, dict[str, dict[str, Any]]],
-    ratios: dict[str, dict[str, dict[str, float | None]]],
-) -> str:
-    header = [
-        "load",
-        "server",
-        "receivers",
-        "sent/s",
-        "delivered/s",
-        "p50",
-        "p99",
-        "max",
-        "lost",
-        "server CPU",
-        "client CPU",
-        "delivered/s vs redis",
-        "p99 vs redis",
-    ]
-    rows = [header]
-    for load in loads:
-        first = True
-        for name, cell in results.get(load.key, {}).items():
-            row = [load.label if first else "", name]
-            first = False
-            if not cell.get("ok"):
-                row += ["SKIPPED" if cell.get("skipped") else "FAILED"] + [""] * 10
-                rows.append(row)
-                continue
-            row += [
-                str(cell["counted_receivers"]),
-                rate(cell["sent_per_s"]),
-                rate(cell["delivered_per_s"]),
-                us(cell["p50_us"]),
-                us(cell["p99_us"]),
-                us(cell["max_us"]),
-                f"{lost_of(cell)} !" if lost_of(cell) else "0",
-                pct(cell.get("server_cpu")),
-                pct(cell.get("client_cpu")) + (" !" if cell["client_cpu"] > BUSY_CPU else ""),
-            ]
-            ratio = ratios.get(load.key, {}).get(name)
-            if ratio is None:
-                row += ["", ""]
-            else:
-                delivered, p99 = ratio["delivered_per_s"], ratio["p99"]
-                row += [
-                    "n/a" if delivered is None else f"{delivered:.2f}",
-                    "n/a" if p99 is None else f"{p99:.2f}x",
-                ]
-            rows.append(row)
-    return render(rows)
-
-
-def format_notes(
-    loads: list[Load], results: dict[str, dict[str, dict[str, Any]]], args: argparse.Namespace
-) -> list[str]:
-    notes = []
-    for load in loads:
-        for name, cell in results.get(load.key, {}).items():
-            where = f"{name}, {load.key}"
-            if not cell.get("ok"):
-                what = "skipped" if cell.get("skipped") else "FAILED"
-                notes.append(f"{what} {where}: {cell.get('error')}")
-                continue
-            if lost_of(cell):
-                notes.append(
-                    f"! {where}: {cell['lost']} deliveries lost ({cell['gaps']} skipped in "
-                    f"sequence, {cell['missing_at_end']} missing when the drain ended after "
-                    f"{cell['drain_seconds']:.1f} s), {cell['reordered']} out of order; "
-                    f"{cell['closed_receivers']} receivers closed by the server"
-                )
-            for key in ("unexpected", "malformed", "conn_errors", "connect_failures"):
-                if cell.get(key):
-                    notes.append(f"! {where}: {key} {cell[key]}")
-            if cell["client_cpu"] > BUSY_CPU:
-                notes.append(
-                    f"! {where}: the client used {cell['client_cpu']:.0%} of its core: the "
-                    "receiving side may have been the bottleneck"
-                )
-            if cell["counted_receivers"] < cell["receivers"]:
-                notes.append(
-                    f"! {where}: only {cell['counted_receivers']} of {cell['receivers']} "
-                    "receivers were ready"
-                )
-    if args.threads_receivers != args.receivers:
-        notes.append(
-            f"enlace-threads ran with {args.threads_receivers} receivers (--threads-receivers), "
-            f"the others with {args.receivers}: its ratios to redis are not shown (n/a)"
-        )
-    return notes
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python benchmarks/fanout.py",
@@ -560,16 +437,6 @@ def make_loads(args: argparse.Namespace) -> list[Load]:
     return [loads[key] for key in args.load_keys]
 
 
-def _summary(cell: dict[str, Any]) -> str:
-    if not cell.get("ok"):
-        return f"{'skipped' if cell.get('skipped') else 'FAILED'}: {cell.get('error')}"
-    return (
-        f"{rate(cell['delivered_per_s'])} deliveries/s, p50 {us(cell['p50_us'])}, "
-        f"p99 {us(cell['p99_us'])}, lost {lost_of(cell)}, setup {cell['setup_seconds']:.1f} s, "
-        f"drain {cell['drain_seconds']:.1f} s, server CPU {pct(cell.get('server_cpu'))}"
-    )
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; exit status 1 when a cell failed or lost deliveries, else 0."""
     args = parse_args(argv)
@@ -604,7 +471,7 @@ def main(argv: list[str] | None = None) -> int:
                 runs[load.key][target.name].append(cell)
                 if cell.get("skipped"):
                     skipped.add(target.name)
-                print(f"  {_summary(cell)}", file=sys.stderr)
+                print(f"  {cell_summary(cell)}", file=sys.stderr)
     results = {
         load.key: {
             target.name: median_run(
@@ -629,14 +496,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     print()
     print(format_table(loads, results, ratios))
-    notes = format_notes(loads, results, args)
-    for load in loads:
-        for name, cells in runs[load.key].items():
-            bad = [c for c in cells if c.get("ok") and lost_of(c)]
-            if len(cells) > 1 and bad:
-                notes.append(
-                    f"! {name}, {load.key}: {len(bad)} of {len(cells)} runs lost deliveries"
-                )
+    notes = format_notes(loads, results, args.receivers, args.threads_receivers)
+    notes += repeat_notes(loads, runs)
     if busy is not None and busy > 0.1:
         notes.append(
             f"warning: the machine was {busy:.0%} busy before the run (other processes): the "

@@ -9,6 +9,7 @@
 - ``harness.suites``: ``run.py``'s servers, configurations and suites;
 - ``harness.plan``: ``run.py``'s run: every server up, the cells interleaved;
 - ``harness.tables``: numbers as text, ratios, the tables and the notes under them.
+- ``harness.fanout_tables``: ``fanout.py``'s ratios to Redis, its table and notes.
 """
 
 from __future__ import annotations

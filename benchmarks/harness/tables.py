@@ -1,8 +1,8 @@
 """Numbers as text: the cells, ratio columns and tables the benchmarks print, and their notes.
 
 ``run.py`` prints :func:`format_tables` (throughput with ratio columns, fairness, TLS cost),
-then :func:`format_loadgen_cpu` and :func:`format_notes`; ``fanout.py`` and ``web.py`` lay out
-their own rows with :func:`render` and the number formats here.
+then :func:`format_loadgen_cpu` and :func:`format_notes`; ``harness.fanout_tables`` and
+``web.py`` lay out their own rows with :func:`render` and the number formats here.
 """
 
 from __future__ import annotations
