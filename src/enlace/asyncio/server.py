@@ -16,14 +16,13 @@ checked before any handler exists.
 from __future__ import annotations
 
 import asyncio
-import asyncio.selector_events
 import logging
 import ssl as _ssl
 import threading
 from types import TracebackType
 
 from enlace.asyncio.connection import Connection, connection_class
-from enlace.asyncio.tlsaccept import TLSAcceptor
+from enlace.asyncio.listener import Listener
 from enlace.exceptions import EnlaceError
 from enlace.limits import (
     DRAIN_TIMEOUT,
@@ -38,7 +37,6 @@ from enlace.limits import (
 from enlace.logs import logger_for
 from enlace.policy import ConnectionPolicy
 from enlace.services.base import StreamService
-from enlace.sockets import listen_tcp, peer_address
 from enlace.tls import tls_required_answer
 
 __all__ = ["Server"]
@@ -77,7 +75,6 @@ class Server:
         self.handshake_timeout = handshake_timeout
         #: Who may connect; built from ``allow`` and ``max_per_ip`` unless given.
         self.policy = policy or ConnectionPolicy(allow, max_per_ip=max_per_ip)
-        self._acceptor: TLSAcceptor | None = None  # TLS: we accept ourselves
         self.host = host
         self.port = port
         self.max_connections = max_connections
@@ -87,7 +84,7 @@ class Server:
         self.slow_timeout = slow_timeout
         self.backlog = backlog
         self.logger: logging.Logger = logger_for(service.name)
-        self._server: asyncio.Server | None = None
+        self._listener: Listener | None = None
         self._connections: set[Connection] = set()
         self._active = 0  # connections counted against max_connections (not refused ones)
         self._read_buffer = memoryview(bytearray(READ_SIZE))
@@ -99,11 +96,9 @@ class Server:
     @property
     def address(self) -> tuple[str, int]:
         """The address actually listened on (the real port when 0 was asked for)."""
-        if self._acceptor is not None:
-            return peer_address(self._acceptor.listener.getsockname())
-        if self._server is None or not self._server.sockets:
+        if self._listener is None:
             raise EnlaceError("the server is not started")
-        return peer_address(self._server.sockets[0].getsockname())
+        return self._listener.address
 
     @property
     def connection_count(self) -> int:
@@ -112,30 +107,25 @@ class Server:
 
     async def start(self) -> None:
         """Listen and start accepting; returns once the port is open."""
-        if self._server is not None or self._acceptor is not None:
+        if self._listener is not None:
             return
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
         self._stopped = asyncio.Event()
         connection = connection_class(self._loop)
-        sock = listen_tcp(self.host, self.port, backlog=self.backlog)
-        if self.ssl is not None:
-            self._acceptor = TLSAcceptor(
-                sock,
-                ssl=self.ssl,
-                protocol_factory=lambda: connection(self),
-                plain_answer=tls_required_answer,
-                policy=self.policy,
-                logger=self.logger,
-                # Handshakes in progress are bounded like connections: each holds a socket.
-                max_handshakes=self.max_connections or MAX_CONNECTIONS,
-                handshake_timeout=self.handshake_timeout,
-            )
-            self._acceptor.start()
-            return
-        self._server = await self._loop.create_server(
-            lambda: connection(self), sock=sock, backlog=self.backlog
+        self._listener = Listener(
+            self.host,
+            self.port,
+            lambda: connection(self),
+            backlog=self.backlog,
+            ssl=self.ssl,
+            plain_answer=tls_required_answer,
+            policy=self.policy,
+            logger=self.logger,
+            max_connections=self.max_connections,
+            handshake_timeout=self.handshake_timeout,
         )
+        await self._listener.start()
 
     async def serve_forever(self) -> None:
         """Start if needed, then wait until :meth:`shutdown` is called."""
@@ -148,14 +138,12 @@ class Server:
 
         ``drain_timeout`` defaults to the server's; ``None`` waits for ever.
         """
-        if self._server is None and self._acceptor is None:
+        if self._listener is None:
             return
         if drain_timeout is not None and drain_timeout < 0:
             drain_timeout = self.drain_timeout
         self._shutting_down = True
-        await self._stop_accepting()
-        if self._server is not None:
-            self._server.close()
+        await self._listener.stop()
         if self._connections:
             self._drained = asyncio.Event()
             try:
@@ -170,25 +158,9 @@ class Server:
                     except TimeoutError:
                         for connection in list(self._connections):
                             connection.abort()
-        if self._server is not None:
-            await self._server.wait_closed()
+        await self._listener.wait_closed()
         assert self._stopped is not None
         self._stopped.set()
-
-    async def _stop_accepting(self) -> None:
-        # Python 3.11 loses a connection that its loop accepted in the same turn as
-        # Server.close(): the transport is created after the close, Server._attach()
-        # asserts, the error is swallowed and the socket is left open, so the client
-        # hangs. Stop watching the listening sockets first, then let one turn of the
-        # loop set up what was already accepted (connection_made closes those).
-        if self._acceptor is not None:
-            await self._acceptor.stop()
-            return
-        assert self._server is not None
-        if isinstance(self._loop, asyncio.selector_events.BaseSelectorEventLoop):
-            for sock in self._server.sockets:
-                self._loop.remove_reader(sock.fileno())
-            await asyncio.sleep(0)
 
     async def __aenter__(self) -> Server:
         await self.start()

@@ -16,7 +16,6 @@ checked before any request is read.
 from __future__ import annotations
 
 import asyncio
-import asyncio.selector_events
 import email.utils
 import logging
 import os
@@ -26,7 +25,7 @@ from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Protocol
 
-from enlace.asyncio.tlsaccept import TLSAcceptor
+from enlace.asyncio.listener import Listener
 from enlace.exceptions import EnlaceError
 from enlace.limits import (
     DRAIN_TIMEOUT,
@@ -43,7 +42,6 @@ from enlace.limits import (
 )
 from enlace.policy import ConnectionPolicy
 from enlace.protocol.http import response_head
-from enlace.sockets import listen_tcp, peer_address
 from enlace.web.connection import LOGGER, Clock, HttpConnection
 from enlace.web.pages import SITE, ServiceInfo, error_page, render_home
 from enlace.web.static import StaticFiles
@@ -160,8 +158,7 @@ class WebServer:
         self.handshake_timeout = handshake_timeout
         #: Who may connect; built from ``allow`` and ``max_per_ip`` unless given.
         self.policy = policy or ConnectionPolicy(allow, max_per_ip=max_per_ip)
-        self._acceptor: TLSAcceptor | None = None
-        self._server: asyncio.Server | None = None
+        self._listener: Listener | None = None
         self._connections: set[HttpConnection] = set()
         self._active = 0
         self._shutting_down = False
@@ -183,11 +180,9 @@ class WebServer:
     @property
     def address(self) -> tuple[str, int]:
         """The address actually listened on (the real port when 0 was asked for)."""
-        if self._acceptor is not None:
-            return peer_address(self._acceptor.listener.getsockname())
-        if self._server is None or not self._server.sockets:
+        if self._listener is None:
             raise EnlaceError("the server is not started")
-        return peer_address(self._server.sockets[0].getsockname())
+        return self._listener.address
 
     @property
     def connection_count(self) -> int:
@@ -196,29 +191,24 @@ class WebServer:
 
     async def start(self) -> None:
         """Listen and start accepting; returns once the port is open."""
-        if self._server is not None or self._acceptor is not None:
+        if self._listener is not None:
             return
         self._loop = asyncio.get_running_loop()
         self._stopped = asyncio.Event()
         self._log_requests = LOGGER.isEnabledFor(logging.INFO)
-        sock = listen_tcp(self.host, self.port, backlog=self.backlog)
-        if self.ssl is not None:
-            self._acceptor = TLSAcceptor(
-                sock,
-                ssl=self.ssl,
-                protocol_factory=lambda: HttpConnection(self),
-                plain_answer=plain_http_answer,
-                policy=self.policy,
-                logger=LOGGER,
-                # Handshakes in progress are bounded like connections: each holds a socket.
-                max_handshakes=self.max_connections or MAX_CONNECTIONS,
-                handshake_timeout=self.handshake_timeout,
-            )
-            self._acceptor.start()
-            return
-        self._server = await self._loop.create_server(
-            lambda: HttpConnection(self), sock=sock, backlog=self.backlog
+        self._listener = Listener(
+            self.host,
+            self.port,
+            lambda: HttpConnection(self),
+            backlog=self.backlog,
+            ssl=self.ssl,
+            plain_answer=plain_http_answer,
+            policy=self.policy,
+            logger=LOGGER,
+            max_connections=self.max_connections,
+            handshake_timeout=self.handshake_timeout,
         )
+        await self._listener.start()
 
     async def serve_forever(self) -> None:
         """Start if needed, then wait until :meth:`shutdown` is called."""
@@ -232,21 +222,12 @@ class WebServer:
         ``drain_timeout`` (default: the server's) bounds the wait; then the rest
         are closed. ``None`` waits for ever.
         """
-        if (self._server is None and self._acceptor is None) or self._shutting_down:
+        if self._listener is None or self._shutting_down:
             return
         if drain_timeout is not None and drain_timeout < 0:
             drain_timeout = self.drain_timeout
         self._shutting_down = True
-        if self._acceptor is not None:
-            await self._acceptor.stop()
-        else:
-            assert self._server is not None
-            if isinstance(self._loop, asyncio.selector_events.BaseSelectorEventLoop):
-                # See enlace.asyncio.server: stop watching the listening socket first.
-                for sock in self._server.sockets:
-                    self._loop.remove_reader(sock.fileno())
-                await asyncio.sleep(0)
-            self._server.close()
+        await self._listener.stop()
         self._drained = asyncio.Event()
         for connection in list(self._connections):
             connection.drain()
@@ -259,8 +240,7 @@ class WebServer:
                 self._drained.clear()
                 if self._connections:
                     await asyncio.wait_for(self._drained.wait(), 1.0)
-        if self._server is not None:
-            await self._server.wait_closed()
+        await self._listener.wait_closed()
         assert self._stopped is not None
         self._stopped.set()
 
