@@ -56,19 +56,24 @@ _SyncServer = enlace.sync.Server | enlace.sync.DatagramServer | WebServerThread
 _AsyncServer = enlace.asyncio.Server | enlace.asyncio.DatagramServer | WebServer
 
 
+def _build_web(launch: Launch, web: WebApp) -> WebServer:
+    cap = MAX_CONNECTIONS if launch.max_connections == "default" else launch.max_connections
+    return web.server(
+        launch.host,
+        launch.port,
+        max_connections=cap,
+        drain_timeout=launch.drain_timeout,
+        ssl=launch.ssl,
+        allow=launch.allow,
+        max_per_ip=launch.max_per_ip,
+    )
+
+
 def _build_sync(launch: Launch, loop: str) -> _SyncServer:
     if isinstance(launch.service, WebApp):
         # The web server is asyncio-only: under the threads runtime it gets a loop thread.
-        cap = MAX_CONNECTIONS if launch.max_connections == "default" else launch.max_connections
-        return launch.service.thread(
-            launch.host,
-            launch.port,
-            max_connections=cap,
-            drain_timeout=launch.drain_timeout,
-            loop_factory=event_loop_factory(loop),
-            ssl=launch.ssl,
-            allow=launch.allow,
-            max_per_ip=launch.max_per_ip,
+        return WebServerThread(
+            _build_web(launch, launch.service), loop_factory=event_loop_factory(loop)
         )
     if isinstance(launch.service, DatagramService):
         return enlace.sync.DatagramServer(
@@ -85,16 +90,7 @@ def _build_sync(launch: Launch, loop: str) -> _SyncServer:
 
 def _build_async(launch: Launch) -> _AsyncServer:
     if isinstance(launch.service, WebApp):
-        cap = MAX_CONNECTIONS if launch.max_connections == "default" else launch.max_connections
-        return launch.service.server(
-            launch.host,
-            launch.port,
-            max_connections=cap,
-            drain_timeout=launch.drain_timeout,
-            ssl=launch.ssl,
-            allow=launch.allow,
-            max_per_ip=launch.max_per_ip,
-        )
+        return _build_web(launch, launch.service)
     if isinstance(launch.service, DatagramService):
         return enlace.asyncio.DatagramServer(
             launch.service,

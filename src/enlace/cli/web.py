@@ -11,10 +11,9 @@ TLS context, allow-list and per-address cap every server takes, and the
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import ssl as _ssl
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,7 +28,7 @@ from enlace.limits import (
     MAX_REQUEST_LINE,
 )
 from enlace.services.chat import ChatService
-from enlace.web import ServiceInfo, WebServer, WebServerThread
+from enlace.web import ServiceInfo, WebServer
 from enlace.web.server import UpgradeEndpoint
 from enlace.web.websocket import WebSocketEndpoint
 
@@ -77,30 +76,6 @@ class WebApp:
         )
         self.servers.append(server)
         return server
-
-    def thread(
-        self,
-        host: str,
-        port: int,
-        *,
-        max_connections: int | None,
-        drain_timeout: float | None,
-        loop_factory: Callable[[], asyncio.AbstractEventLoop] | None,
-        ssl: _ssl.SSLContext | None = None,
-        allow: list[str] | None = None,
-        max_per_ip: int | None = MAX_PER_IP,
-    ) -> WebServerThread:
-        """The same server on an event loop of its own thread (the threads runtime)."""
-        server = self.server(
-            host,
-            port,
-            max_connections=max_connections,
-            drain_timeout=drain_timeout,
-            ssl=ssl,
-            allow=allow,
-            max_per_ip=max_per_ip,
-        )
-        return WebServerThread(server, loop_factory=loop_factory)
 
     def set_services(self, services: Sequence[ServiceInfo]) -> None:
         """List ``services`` on the home page of the built-in site."""
