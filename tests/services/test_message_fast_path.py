@@ -303,21 +303,6 @@ def test_the_fast_path_serves_what_it_can_and_hands_on_the_rest() -> None:
     ]
 
 
-def test_the_replies_to_one_chunk_go_out_in_one_write() -> None:
-    transport = Recorder()
-    handler = make_service().handler()
-    handler.connection_made(transport)
-    handler.data_received(b"".join(frame(b"/echo %d" % i) for i in range(8)))
-    assert transport.log == [("write", b"".join(frame(b"%d" % i) for i in range(8)))]
-    # A push sends the replies before it first, then the rest follow in a second write.
-    handler.data_received(frame(b"/echo a") + frame(b"/announce b") + frame(b"/echo c"))
-    assert transport.log[1:] == [
-        ("write", frame(b"a")),
-        ("write", frame(b"* b")),
-        ("write", frame(b"sent") + frame(b"c")),
-    ]
-
-
 def test_fast_path_over_sockets_on_both_runtimes(serve) -> None:
     payloads = [p for p in COMMANDS + OTHERS if p not in (b"/quit", b"/fail")] * 20
     data = b"".join(map(frame, payloads))

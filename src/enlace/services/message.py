@@ -16,7 +16,6 @@ import itertools
 import threading
 from collections import deque
 from collections.abc import Callable
-from threading import get_ident
 from typing import Any
 
 from enlace.addresses import format_address
@@ -48,10 +47,6 @@ Tracer = Callable[[str, tuple[str, int], bytes], None]
 _TEXT = TextCommand("", "")
 
 
-def _nothing() -> None:
-    pass
-
-
 class Session:
     """One connected client, as commands see it (``ctx.session``)."""
 
@@ -63,10 +58,6 @@ class Session:
         self._transport = transport
         self._protocol = protocol
         self.close_after_reply = False
-        # Replies the handler's fast path holds back to send in one write, and the thread
-        # it runs on: a push from that thread (a command's) must send them first.
-        self._held: list[bytes] | None = None
-        self._holder = 0
 
     @property
     def form(self) -> str:
@@ -81,16 +72,7 @@ class Session:
     def push(self, event: dict[str, Any]) -> None:
         """Send an event to this client, in the form of its latest request. Any thread."""
         if self._protocol.kind != "unknown":
-            if self._held and get_ident() == self._holder:
-                self.release()
             self._transport.write(self._protocol.event(event))
-
-    def release(self) -> None:
-        """Send the replies held back so far (the fast path's; on its own thread only)."""
-        held = self._held
-        if held:
-            self._transport.write(b"".join(held))
-            held.clear()
 
     def close(self) -> None:
         """Close this session once the reply to the current request is sent."""
@@ -142,55 +124,35 @@ class _MessageHandler(StreamHandler):
         # building a request for each. It serves known commands that answer at once
         # (neither async nor blocking) and whose arguments bind as given; anything else
         # (an unknown command, bad arguments, a busy or closing session) goes through
-        # _submit(), which answers exactly as for any other request. Its replies are
-        # held and sent in one write (the runtime's per-write cost is most of a short
-        # reply's); whatever else writes (the general path, a push, a close) sends the
-        # held ones first, so the bytes and their order are the general path's.
-        session, get, context = self.session, self._command_named, self._context
-        text_reply = self._text_reply
-        held: list[bytes] | None = None
-        if len(commands) > 1:
-            held = []
-            release, hold = session.release, held.append
-            session._held, session._holder = held, get_ident()
-        else:  # nothing to join: what holding costs would be all it did
-            release, hold = _nothing, self.transport.write
-        try:
-            for name, rest in commands:
-                command = get(name)
-                if command is None or not command.inline or self._busy or self._closing:
-                    release()
-                    self._submit(TextCommand(name, rest))
+        # _submit(), which answers exactly as for any other request. Its replies leave in
+        # one send with the rest of this callback's writes: the runtime corks them.
+        get, context = self._command_named, self._context
+        text_reply, write = self._text_reply, self.transport.write
+        session = self.session
+        for name, rest in commands:
+            command = get(name)
+            if command is None or not command.inline or self._busy or self._closing:
+                self._submit(TextCommand(name, rest))
+                continue
+            if rest and command.takes_rest:
+                args = None  # the one argument is rest, as given: no binding to do
+            else:
+                args = command.quick_text(rest)
+                if args is None:
+                    self._serve(TextCommand(name, rest))  # binds as usual, refusing or converting
                     continue
-                if rest and command.takes_rest:
-                    args = None  # the one argument is rest, as given: no binding to do
-                else:
-                    args = command.quick_text(rest)
-                    if args is None:
-                        release()
-                        self._serve(
-                            TextCommand(name, rest)
-                        )  # binds as usual, refusing or converting
-                        continue
-                    if command.takes_context:
-                        args.insert(0, context)
-                try:
-                    result = command.function(rest) if args is None else command.function(*args)
-                except Exception as exc:  # noqa: BLE001 - a command's failure becomes its error reply
-                    release()
-                    self._answer_error(_TEXT, command, exc)
-                    continue
-                # _answer(), inlined: a text client gets no reply to NO_REPLY.
-                if result is not NO_REPLY and not self._closing:
-                    hold(text_reply(result))
-                    if session.close_after_reply:
-                        release()
-                        self._close()
-        finally:
-            if held is not None:
-                session._held = None
-                if held:
-                    self.transport.write(b"".join(held))
+                if command.takes_context:
+                    args.insert(0, context)
+            try:
+                result = command.function(rest) if args is None else command.function(*args)
+            except Exception as exc:  # noqa: BLE001 - a command's failure becomes its error reply
+                self._answer_error(_TEXT, command, exc)
+                continue
+            # _answer(), inlined: a text client gets no reply to NO_REPLY.
+            if result is not NO_REPLY and not self._closing:
+                write(text_reply(result))
+                if session.close_after_reply:
+                    self._close()
 
     def eof_received(self) -> None:
         self._eof = True
