@@ -17,7 +17,10 @@ from typing import Any
 import pytest
 
 import enlace.asyncio
+import enlace.protocol.envelope
+import enlace.services.classic
 import enlace.sync
+from enlace.protocol import fastpath as _fastpath
 from enlace.services import DatagramService, StreamService
 
 try:
@@ -29,6 +32,21 @@ except ImportError:  # optional: the asyncio runtime on uvloop is tested where i
 RUNTIMES = ("threads", "asyncio")
 #: What the behaviour suites run on: the asyncio runtime on both event loops.
 SERVER_RUNTIMES = (*RUNTIMES, "uvloop") if uvloop is not None else RUNTIMES
+
+
+@pytest.fixture(params=["c", "python"])
+def fastpath(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run the test with the C loops of enlace.speedups, then with their Python twins."""
+    if request.param == "c":
+        if not _fastpath.SPEEDUPS:
+            pytest.skip("enlace.speedups is not built (no C compiler at install time)")
+        return "c"
+    monkeypatch.setattr(
+        enlace.protocol.envelope, "cut_text_commands", _fastpath.py_cut_text_commands
+    )
+    monkeypatch.setattr(enlace.protocol.envelope, "frame_text", _fastpath.py_frame_text)
+    monkeypatch.setattr(enlace.services.classic, "scan_frames", _fastpath.py_scan_frames)
+    return "python"
 
 
 class LoopThread:

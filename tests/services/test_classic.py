@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import pickle
 import socket
 import struct
@@ -9,6 +10,8 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from enlace.services import EchoService, GreetService, UdpEchoService, UpperService
 from tests.conftest import connect, read_exactly, read_to_eof
@@ -243,3 +246,46 @@ def test_framed_echo_answers_good_frames_then_refuses_a_bad_header_in_the_same_c
         assert read_frame(sock) == b"antes"
         assert read_frame(sock).startswith(b"ERR frame_too_large: frame of 4096 bytes")
         assert read_to_eof(sock) == b""
+
+
+class _Recorder:
+    """A transport without I/O: what a handler writes, and whether it closed."""
+
+    peer = ("127.0.0.1", 4242)
+
+    def __init__(self) -> None:
+        self.written = bytearray()
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        assert not self.closed
+        self.written += data
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    payloads=st.lists(st.binary(max_size=40), max_size=8),
+    oversize=st.booleans(),
+    points=st.lists(st.integers(min_value=0, max_value=400), max_size=6),
+)
+def test_framed_echo_however_the_stream_is_cut(fastpath, payloads, oversize, points):
+    # The echo of whole frames is written as it comes, through the C scan or the
+    # Python one; a frame cut anywhere waits for its end; an oversize header ends it.
+    data = b"".join(frame(p) for p in payloads) + (struct.pack(">I", 41) if oversize else b"")
+    marks = [0, *sorted(min(p, len(data)) for p in points), len(data)]
+    handler = EchoService(framed=True, max_frame=40).handler()
+    transport = _Recorder()
+    handler.connection_made(transport)  # type: ignore[arg-type]
+    for start, end in itertools.pairwise(marks):
+        if start < end and not transport.closed:
+            handler.data_received(data[start:end])
+    expected = b"".join(frame(p) for p in payloads if p)
+    if oversize:
+        expected += frame(b"ERR frame_too_large: frame of 41 bytes exceeds the 40-byte limit")
+    assert bytes(transport.written) == expected
+    assert transport.closed == oversize

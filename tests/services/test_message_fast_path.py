@@ -23,7 +23,7 @@ from typing import Any
 from unittest import mock
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from enlace.protocol.envelope import ServerConnection
@@ -193,6 +193,7 @@ COMMANDS = [
     b"/echo hola",
     b"/ECHO  dos  espacios ",
     b"/upper \xc3\xb1and\xc3\xba",
+    b"/echo \xc2\xa0 hola\xe3\x80\x80",  # Unicode spaces around the rest: stripped
     b"/ping",
     b"/ping extra",
     b"/help",
@@ -226,6 +227,9 @@ OTHERS = [
     b"",
     b"\xff",
     b"/echo \xff",
+    b"/\xc3\xb1",  # names that are not ASCII, end in a space, or are long: general path
+    b"/echo\t",
+    b"/" + b"n" * 70,
     b'{"id": 1, "cmd": "echo", "args": ["j"]}',
     b'{"id": 2, "cmd": "later", "args": ["j"]}',
     b'{"cmd": "silent"}',
@@ -247,14 +251,17 @@ def cut(data: bytes, points: list[int]) -> list[bytes]:
     return [data[a:b] for a, b in itertools.pairwise(marks)]
 
 
-@settings(max_examples=300, deadline=None)
+# The fastpath fixture patches the module once per test, for every example alike.
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(
     data=streams,
     points=st.lists(st.integers(min_value=0, max_value=400), max_size=5),
     finishes=st.lists(st.booleans(), min_size=6, max_size=6),
 )
 def test_property_fast_path_does_what_the_general_path_does(
-    data: bytes, points: list[int], finishes: list[bool]
+    fastpath: str, data: bytes, points: list[int], finishes: list[bool]
 ) -> None:
     for chunks in ([data], cut(data, points)):
         finish_after = [finishes[i % len(finishes)] for i in range(len(chunks))]
@@ -262,14 +269,14 @@ def test_property_fast_path_does_what_the_general_path_does(
 
 
 @pytest.mark.parametrize("first", COMMANDS + OTHERS)
-def test_every_pair_in_one_chunk(first: bytes) -> None:
+def test_every_pair_in_one_chunk(fastpath: str, first: bytes) -> None:
     for second in COMMANDS:
         data = frame(first) + frame(second)
         for finish in (False, True):
             assert run([data], [finish], fast=True) == run([data], [finish], fast=False)
 
 
-def test_fast_path_byte_by_byte() -> None:
+def test_fast_path_byte_by_byte(fastpath: str) -> None:
     data = b"".join(frame(p) for p in COMMANDS + OTHERS if p != b"/quit")
     chunks = [data[i : i + 1] for i in range(len(data))]
     finish_after = [i % 7 == 0 for i in range(len(chunks))]
@@ -279,7 +286,7 @@ def test_fast_path_byte_by_byte() -> None:
     assert ("write", frame(b"hola")) in reference
 
 
-def test_the_fast_path_serves_what_it_can_and_hands_on_the_rest() -> None:
+def test_the_fast_path_serves_what_it_can_and_hands_on_the_rest(fastpath: str) -> None:
     # One chunk: answered in order whichever path serves each request. /later holds the
     # rest back until it answers; with three waiting (max_pipeline) reading pauses.
     payloads = [b"/echo a", b"/later bc", b"/echo d", b"/nope", b"/add 1 2", b"/shout e", b"/quit"]

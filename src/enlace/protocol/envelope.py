@@ -24,12 +24,11 @@ import orjson
 
 from enlace.exceptions import RemoteProtocolError
 from enlace.limits import MAX_FRAME, MAX_JSON, MAX_JSON_DEPTH, MAX_LINE
+from enlace.protocol.fastpath import cut_text_commands, frame_text
 from enlace.protocol.framing import (
-    HEADER_SIZE,
     DelimiterDecoder,
     LengthPrefixDecoder,
     pack_header,
-    unpack_header,
 )
 
 __all__ = [
@@ -351,35 +350,11 @@ class ServerConnection:
         if type(decoder) is not LengthPrefixDecoder or not decoder.at_boundary() or self.trace:
             return None
         limit = self._frame_limit
-        if limit is None:
-            limit = _NO_FRAME_LIMIT
-        commands: list[tuple[str, str]] = []
-        add, unpack = commands.append, unpack_header
-        position, end = 0, len(data)
-        while end - position >= HEADER_SIZE:
-            (size,) = unpack(data, position)
-            if size > limit:
-                return None  # receive() answers the frames before it, then the error
-            start = position + HEADER_SIZE
-            stop = start + size
-            if stop > end:
-                break
-            position = stop
-            if not size:
-                continue  # a keep-alive
-            # "/" but not "//" (chat text, escaped); the rest must be UTF-8, as all of it must.
-            if data[start] != 0x2F or (size > 1 and data[start + 1] == 0x2F):
-                return None
-            try:
-                text = data[start + 1 : stop].decode()
-            except UnicodeDecodeError:
-                return None
-            # Exactly parse_payload's reading of a command.
-            name, _, rest = text.partition(" ")
-            if not name or name != name.strip():
-                return None
-            add((name.lower(), rest.strip()))
-        if position < end:
+        cut = cut_text_commands(data, _NO_FRAME_LIMIT if limit is None else limit)
+        if cut is None:
+            return None  # receive() reads it: the frames before a bad one are served first
+        commands, position = cut
+        if position < len(data):
             decoder.feed(data[position:])  # part of a frame, its header within the limit
         if commands:
             self.form = "text"
@@ -438,14 +413,14 @@ class ServerConnection:
 
     def text_reply(self, result: Any) -> bytes:
         """:meth:`reply` to a text command, at less cost (the message server's fast path)."""
-        payload = (result if type(result) is str else render_result(result)).encode()
-        limit = self.max_frame
-        if (
-            self.trace is None
-            and self.kind == "framed"
-            and (limit is None or len(payload) <= limit)
-        ):
-            return pack_header(len(payload)) + payload
+        if self.trace is None and self.kind == "framed":
+            limit = self.max_frame
+            # A str of n characters encodes to at most 4n bytes: short ones fit unmeasured.
+            if type(result) is str and (limit is None or len(result) <= limit >> 2):
+                return frame_text(result)
+            payload = (result if type(result) is str else render_result(result)).encode()
+            if limit is None or len(payload) <= limit:
+                return pack_header(len(payload)) + payload
         return self.reply(_A_TEXT_COMMAND, result)  # an error, a line, or a traced reply
 
     def error(self, request: Request | BadRequest | None, code: str, message: str) -> bytes:

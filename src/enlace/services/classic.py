@@ -14,10 +14,13 @@ import threading
 
 from enlace.exceptions import RemoteProtocolError
 from enlace.limits import MAX_FRAME
+from enlace.protocol.fastpath import scan_frames
 from enlace.protocol.framing import LengthPrefixDecoder, encode_length_prefixed
 from enlace.services.base import DatagramService, StreamHandler, StreamService, Transport
 
 __all__ = ["EchoService", "GreetService", "UdpEchoService", "UpperService"]
+
+_NO_FRAME_LIMIT = 1 << 32  # above what a frame header can say: no limit
 
 
 class _UpperHandler(StreamHandler):
@@ -60,18 +63,26 @@ class _StreamEchoHandler(StreamHandler):
 class _FramedEchoHandler(StreamHandler):
     def __init__(self, max_frame: int | None) -> None:
         self._decoder = LengthPrefixDecoder(max_size=max_frame)
+        self._limit = _NO_FRAME_LIMIT if max_frame is None else max_frame
 
     def data_received(self, data: bytes) -> None:
         decoder = self._decoder
-        aligned = not decoder.buffered
+        if decoder.at_boundary():
+            whole, empty, oversize = scan_frames(data, self._limit)
+            if not empty and oversize < 0:
+                # Whole non-empty frames, then perhaps the start of one: the echo of the
+                # frames is the bytes themselves, and the rest waits for its end.
+                if whole == len(data):
+                    self.transport.write(data)
+                    return
+                if whole:
+                    self.transport.write(data[:whole])
+                decoder.feed(data[whole:])  # a header within the limit, or part of one
+                return
         try:
             frames = decoder.feed(data)
         except RemoteProtocolError as exc:
             self._refuse(exc)
-            return
-        if decoder.error is None and aligned and not decoder.buffered and all(frames):
-            # The chunk was exactly whole, non-empty frames: their echo is the chunk itself.
-            self.transport.write(data)
             return
         write = self.transport.write
         for payload in frames:
