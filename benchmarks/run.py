@@ -167,6 +167,9 @@ def main(argv: list[str] | None = None) -> int:
             "expect noisy numbers, or use --repeat",
             file=sys.stderr,
         )
+    speedups = procs.speedups_state()
+    if speedups != "on":
+        print(f"warning: enlace's C speedups are {speedups}", file=sys.stderr)
     started = time.monotonic()
     plan = Plan(
         suite, servers, configs, args.duration, args.warmup, args.repeat, pin_server, pin_loadgen
@@ -180,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         f"enlace benchmarks, suite {suite.name}: {suite.description}. {args.duration:g} s per "
         f"cell after {args.warmup:g} s warmup"
         + (f", median of {args.repeat} interleaved runs" if args.repeat > 1 else "")
-        + f"; {pinning}; Python {platform.python_version()}."
+        + f"; {pinning}; Python {platform.python_version()}; enlace.speedups {speedups}."
     )
     print()
     if results:
@@ -203,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         "python": sys.version,
         "platform": platform.platform(),
         "cpus": os.cpu_count(),
+        "speedups": speedups,
         "pinning": pinning,
         "duration": args.duration,
         "warmup": args.warmup,

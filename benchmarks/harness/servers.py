@@ -50,6 +50,7 @@ __all__ = [
     "port_open",
     "server_command",
     "server_env",
+    "speedups_state",
     "start_polled",
     "start_server",
     "stop_server",
@@ -136,6 +137,24 @@ def server_env() -> dict[str, str]:
     if (src / "enlace").is_dir():  # run the work tree's enlace even when it is not installed
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(src), env.get("PYTHONPATH")]))
     return env
+
+
+def speedups_state() -> str:
+    """Whether enlace's servers run on its C module: ``on``, or ``off`` with how to build it."""
+    code = "from enlace.protocol import fastpath; print(fastpath.SPEEDUPS)"
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        env=server_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    if done.stdout.strip() == "True":
+        return "on"
+    if done.returncode != 0:
+        return f"unknown ({last_line(done.stderr)})"
+    return "off (build it with: pip install -e .)"
 
 
 def last_line(text: str) -> str:
