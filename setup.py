@@ -17,12 +17,7 @@ if choice not in ("yes", "no", "auto"):
 extensions = []
 if choice != "no":
     extensions.append(
-        Extension(
-            "enlace.speedups",
-            ["src/enlace/speedups.c"],
-            optional=choice == "auto",
-            extra_compile_args=["-O2"] if os.name != "nt" else [],
-        )
+        Extension("enlace.speedups", ["src/enlace/speedups.c"], optional=choice == "auto")
     )
 
 setup(ext_modules=extensions)
