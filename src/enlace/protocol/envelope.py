@@ -340,11 +340,13 @@ class ServerConnection:
         and keep-alives, the result is what :meth:`receive` would return, each
         :class:`TextCommand` as its ``(name, rest)``, with the same effect on
         the connection's state; it costs a fraction, as the message server
-        answers most requests this way. Otherwise (a line client, ``trace``
-        set, a frame pending from earlier bytes or over the limit, a payload
-        that is JSON, chat text, invalid UTF-8 or a bad command name) it
-        returns ``None`` having consumed nothing, and the caller uses
-        :meth:`receive`.
+        answers most requests this way (the frames are cut and read by
+        :func:`enlace.protocol.fastpath.cut_text_commands`, in C when built).
+        Otherwise (a line client, ``trace`` set, a frame pending from earlier
+        bytes or over the limit, a payload that is JSON, chat text, invalid
+        UTF-8, or a command name that is empty, long, not ASCII or has spaces
+        around it) it returns ``None`` having consumed nothing, and the caller
+        uses :meth:`receive`.
         """
         decoder = self._decoder
         if type(decoder) is not LengthPrefixDecoder or not decoder.at_boundary() or self.trace:
