@@ -75,6 +75,16 @@ def chat(serve):
         raise CommandError("not_allowed", reason)
 
     @service.command
+    def surrogate() -> str:
+        """Returns a str no encoding can send, like a buggy command."""
+        return "half of a pair: \ud800"
+
+    @service.command
+    def unsendable() -> object:
+        """Returns what JSON cannot encode, like a buggy command."""
+        return {1, 2}
+
+    @service.command
     async def later(text: str, delay: float = 0.01) -> str:
         await asyncio.sleep(delay)
         return text[::-1]
@@ -142,6 +152,8 @@ def test_json_request_reply_and_ids(chat):
         (b'{"id": 1, "cmd": "ping", "x": "\xff"}', "invalid_utf8"),
         (b"[1, 2, 3]", "not_an_object"),
         (b'{"id": 1, "cmd": "fail"}', "internal_error"),
+        (b'{"id": 1, "cmd": "surrogate"}', "internal_error"),
+        (b'{"id": 1, "cmd": "unsendable"}', "internal_error"),
         (b'{"id": 1, "cmd": "refuse", "args": ["no way"]}', "not_allowed"),
     ],
 )
@@ -165,6 +177,8 @@ def test_bad_json_requests_get_an_error_and_the_connection_stays(chat, payload, 
         (b"/", "bad_request"),
         (b"caf\xc3", "invalid_utf8"),
         (b"/fail", "internal_error"),
+        (b"/surrogate", "internal_error"),  # the result cannot be sent: the command's bug
+        (b"/unsendable", "internal_error"),
         (b"/refuse porque no", "not_allowed"),
         (b"hola a todos", "no_chat"),
     ],

@@ -75,6 +75,14 @@ def make_service() -> MessageService:
         return "x" * (MAX_FRAME + 1)
 
     @service.command
+    def surrogate() -> str:
+        return "\ud800"
+
+    @service.command
+    def unsendable() -> object:
+        return {1}
+
+    @service.command
     def silent(ctx: Context) -> Any:
         ctx.push({"event": "note", "text": "silent"})
         return NO_REPLY
@@ -209,6 +217,8 @@ COMMANDS = [
     b"/nothing",
     b"/data",
     b"/huge",
+    b"/surrogate",
+    b"/unsendable",
     b"/silent",
     b"/shout hey",
     b"/announce news",

@@ -47,6 +47,11 @@ Tracer = Callable[[str, tuple[str, int], bytes], None]
 # fast path answers through this stand-in rather than building a request per command.
 _TEXT = TextCommand("", "")
 
+# A result that cannot be sent: a str with a lone surrogate (UnicodeEncodeError, a
+# ValueError), or an object JSON cannot encode (orjson's JSONEncodeError, a TypeError).
+# The command's bug, answered as its internal error, like an exception it raised.
+_UNSENDABLE = (TypeError, ValueError)
+
 
 class Session:
     """One connected client, as commands see it (``ctx.session``)."""
@@ -156,10 +161,15 @@ class _MessageHandler(StreamHandler):
             if result is not NO_REPLY and not self._closing:
                 # The fast path serves only framed clients without --trace: a short str
                 # result is exactly text_reply()'s frame, made here without its checks.
-                if type(result) is str and len(result) <= short:
-                    write(frame_text(result))
-                else:
-                    write(text_reply(result))
+                try:
+                    if type(result) is str and len(result) <= short:
+                        reply = frame_text(result)
+                    else:
+                        reply = text_reply(result)
+                except _UNSENDABLE as exc:
+                    self._answer_error(_TEXT, command, exc)
+                    continue
+                write(reply)
                 if session.close_after_reply:
                     self._close()
 
@@ -231,7 +241,7 @@ class _MessageHandler(StreamHandler):
         except Exception as exc:  # noqa: BLE001 - a command's failure becomes its error reply
             self._answer_error(item, command, exc)
         else:
-            self._answer(item, result)
+            self._answer(item, result, command)
 
     def _done(self, item: Request, result: Any, error: BaseException | None) -> None:
         self._busy = False
@@ -246,14 +256,19 @@ class _MessageHandler(StreamHandler):
             self.transport.resume_reading()
         self._close_if_done()
 
-    def _answer(self, item: Request, result: Any) -> None:
+    def _answer(self, item: Request, result: Any, command: Command | None = None) -> None:
         if self._closing:
             return
         if result is NO_REPLY:
             if type(item) is not JsonRequest:
                 return  # a text client sees the effect (its chat line, pushed back) instead
             result = None  # a JSON client still gets its reply, matched by id
-        self.transport.write(self._protocol.reply(item, result))
+        try:
+            reply = self._protocol.reply(item, result)
+        except _UNSENDABLE as exc:
+            self._answer_error(item, command, exc)
+            return
+        self.transport.write(reply)
         if self.session.close_after_reply:
             self._close()
 
