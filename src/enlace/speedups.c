@@ -33,13 +33,26 @@ is_space(unsigned char c)
     return c == ' ' || (c >= '\t' && c <= '\r') || (c >= 0x1c && c <= 0x1f);
 }
 
+/* The (data, limit) arguments both functions take (limit None: no limit): 0, or -1 with
+ * an exception set.
+ * On success the caller owns *view and must release it. */
 static int
-get_limit(PyObject *arg, Py_ssize_t *limit)
+data_and_limit(const char *function, PyObject *const *args, Py_ssize_t nargs, Py_buffer *view,
+               Py_ssize_t *limit)
 {
-    *limit = PyLong_AsSsize_t(arg);
-    if (*limit == -1 && PyErr_Occurred())
+    if (nargs != 2) {
+        PyErr_Format(PyExc_TypeError, "%s() takes 2 arguments (%zd given)", function, nargs);
         return -1;
-    return 0;
+    }
+    if (args[1] == Py_None) {
+        *limit = PY_SSIZE_T_MAX; /* no limit */
+    }
+    else {
+        *limit = PyLong_AsSsize_t(args[1]);
+        if (*limit == -1 && PyErr_Occurred())
+            return -1;
+    }
+    return PyObject_GetBuffer(args[0], view, PyBUF_SIMPLE);
 }
 
 /* The (name, rest) pair of the command payload p[0:size] (p[0] is '/'), or NULL with
@@ -105,13 +118,7 @@ cut_text_commands(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_buffer view;
     Py_ssize_t limit, position = 0;
 
-    if (nargs != 2) {
-        PyErr_Format(PyExc_TypeError, "cut_text_commands() takes 2 arguments (%zd given)", nargs);
-        return NULL;
-    }
-    if (get_limit(args[1], &limit) < 0)
-        return NULL;
-    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0)
+    if (data_and_limit("cut_text_commands", args, nargs, &view, &limit) < 0)
         return NULL;
     const unsigned char *data = view.buf;
     Py_ssize_t end = view.len;
@@ -200,13 +207,7 @@ scan_frames(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_buffer view;
     Py_ssize_t limit, position = 0, empty = 0, oversize = -1;
 
-    if (nargs != 2) {
-        PyErr_Format(PyExc_TypeError, "scan_frames() takes 2 arguments (%zd given)", nargs);
-        return NULL;
-    }
-    if (get_limit(args[1], &limit) < 0)
-        return NULL;
-    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0)
+    if (data_and_limit("scan_frames", args, nargs, &view, &limit) < 0)
         return NULL;
     const unsigned char *data = view.buf;
     Py_ssize_t end = view.len;

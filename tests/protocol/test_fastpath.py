@@ -97,7 +97,7 @@ def test_cut_text_commands_hands_on_what_it_does_not_read() -> None:
 
 @needs_speedups
 @settings(max_examples=1000, deadline=None)
-@given(st.one_of(streams, st.binary(max_size=64)), st.sampled_from([0, 5, LIMIT, 1 << 32]))
+@given(st.one_of(streams, st.binary(max_size=64)), st.sampled_from([0, 5, LIMIT, 1 << 32, None]))
 def test_c_agrees_with_python(data: bytes, limit: int) -> None:
     assert speedups.cut_text_commands(data, limit) == fastpath.py_cut_text_commands(data, limit)
     assert speedups.scan_frames(data, limit) == fastpath.py_scan_frames(data, limit)

@@ -253,9 +253,6 @@ def render_event(event: dict[str, Any]) -> str:
     return f"* {dumps(event).decode()}"
 
 
-# Above what a frame header can say: as a frame limit, no limit.
-_NO_FRAME_LIMIT = 1 << 32
-
 # Replies to text commands depend on nothing else about the request.
 _A_TEXT_COMMAND = TextCommand("", "")
 
@@ -351,8 +348,7 @@ class ServerConnection:
         decoder = self._decoder
         if type(decoder) is not LengthPrefixDecoder or not decoder.at_boundary() or self.trace:
             return None
-        limit = self._frame_limit
-        cut = cut_text_commands(data, _NO_FRAME_LIMIT if limit is None else limit)
+        cut = cut_text_commands(data, self._frame_limit)
         if cut is None:
             return None  # receive() reads it: the frames before a bad one are served first
         commands, position = cut

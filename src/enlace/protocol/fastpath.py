@@ -17,8 +17,9 @@ Python functions even when it is built. :data:`SPEEDUPS` says which are in use.
 from __future__ import annotations
 
 import os
-import struct
 from collections.abc import Callable
+
+from enlace.protocol.framing import HEADER_SIZE, pack_header, unpack_header
 
 __all__ = [
     "MAX_QUICK_NAME",
@@ -31,15 +32,15 @@ __all__ = [
     "scan_frames",
 ]
 
-_HEADER = struct.Struct(">I")
-_unpack = _HEADER.unpack_from
-_pack = _HEADER.pack
-
 #: A command name longer than this is left to the general path (no command has one).
 MAX_QUICK_NAME = 64
 
+_NO_LIMIT = 1 << 32  # more than a frame header can say: as a limit, none
 
-def py_cut_text_commands(data: bytes, limit: int) -> tuple[list[tuple[str, str]], int] | None:
+
+def py_cut_text_commands(
+    data: bytes, limit: int | None
+) -> tuple[list[tuple[str, str]], int] | None:
     """The text commands among the whole frames at the start of ``data``, or None.
 
     Returns ``(commands, position)``: each whole frame before ``position`` is a
@@ -47,17 +48,20 @@ def py_cut_text_commands(data: bytes, limit: int) -> tuple[list[tuple[str, str]]
     exactly as the message protocol reads ``/name rest`` (name lower-cased,
     rest stripped); ``data[position:]`` is the start of a frame not yet whole.
     Returns None, so that the caller reads the chunk the general way, when a
-    frame's header exceeds ``limit`` or a whole frame is anything else: JSON,
+    frame's header exceeds ``limit`` (None: no limit) or a whole frame is
+    anything else: JSON,
     chat text, invalid UTF-8, or a name that is empty, longer than
     :data:`MAX_QUICK_NAME`, not ASCII, or has spaces around it.
     """
+    if limit is None:
+        limit = _NO_LIMIT
     commands: list[tuple[str, str]] = []
     position, end = 0, len(data)
-    while end - position >= 4:
-        (size,) = _unpack(data, position)
+    while end - position >= HEADER_SIZE:
+        (size,) = unpack_header(data, position)
         if size > limit:
             return None
-        start = position + 4
+        start = position + HEADER_SIZE
         stop = start + size
         if stop > end:
             break
@@ -84,35 +88,37 @@ def py_frame_text(text: str) -> bytes:
     header can say), UnicodeEncodeError for a lone surrogate.
     """
     payload = text.encode()
-    if len(payload) > 0xFFFFFFFF:
+    if len(payload) >= _NO_LIMIT:
         raise ValueError("the text is too long for a frame header")
-    return _pack(len(payload)) + payload
+    return pack_header(len(payload)) + payload
 
 
-def py_scan_frames(data: bytes, limit: int) -> tuple[int, int, int]:
+def py_scan_frames(data: bytes, limit: int | None) -> tuple[int, int, int]:
     """Walk the frame headers of ``data``: ``(position, empty, oversize)``.
 
     ``data[:position]`` is whole frames, ``empty`` of them empty; the walk stops
     at a frame not yet whole or at a header announcing more than ``limit``
-    bytes, whose size is then ``oversize`` (else -1).
+    bytes (None: no limit), whose size is then ``oversize`` (else -1).
     """
+    if limit is None:
+        limit = _NO_LIMIT
     position = empty = 0
     end = len(data)
-    while end - position >= 4:
-        (size,) = _unpack(data, position)
+    while end - position >= HEADER_SIZE:
+        (size,) = unpack_header(data, position)
         if size > limit:
             return position, empty, size
-        if end - position - 4 < size:
+        if end - position - HEADER_SIZE < size:
             break
-        position += 4 + size
+        position += HEADER_SIZE + size
         empty += not size
     return position, empty, -1
 
 
-cut_text_commands: Callable[[bytes, int], tuple[list[tuple[str, str]], int] | None]
+cut_text_commands: Callable[[bytes, int | None], tuple[list[tuple[str, str]], int] | None]
 cut_text_commands = py_cut_text_commands
 frame_text: Callable[[str], bytes] = py_frame_text
-scan_frames: Callable[[bytes, int], tuple[int, int, int]] = py_scan_frames
+scan_frames: Callable[[bytes, int | None], tuple[int, int, int]] = py_scan_frames
 #: Whether the C functions of ``enlace.speedups`` are in use.
 SPEEDUPS = False
 

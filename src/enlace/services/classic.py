@@ -20,8 +20,6 @@ from enlace.services.base import DatagramService, StreamHandler, StreamService, 
 
 __all__ = ["EchoService", "GreetService", "UdpEchoService", "UpperService"]
 
-_NO_FRAME_LIMIT = 1 << 32  # above what a frame header can say: no limit
-
 
 class _UpperHandler(StreamHandler):
     def __init__(self) -> None:
@@ -63,12 +61,12 @@ class _StreamEchoHandler(StreamHandler):
 class _FramedEchoHandler(StreamHandler):
     def __init__(self, max_frame: int | None) -> None:
         self._decoder = LengthPrefixDecoder(max_size=max_frame)
-        self._limit = _NO_FRAME_LIMIT if max_frame is None else max_frame
+        self._max_frame = max_frame
 
     def data_received(self, data: bytes) -> None:
         decoder = self._decoder
         if decoder.at_boundary():
-            whole, empty, oversize = scan_frames(data, self._limit)
+            whole, empty, oversize = scan_frames(data, self._max_frame)
             if not empty and oversize < 0:
                 # Whole non-empty frames, then perhaps the start of one: the echo of the
                 # frames is the bytes themselves, and the rest waits for its end.
