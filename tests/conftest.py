@@ -19,7 +19,6 @@ import pytest
 import enlace.asyncio
 import enlace.protocol.envelope
 import enlace.services.classic
-import enlace.services.message
 import enlace.sync
 from enlace.protocol import fastpath as _fastpath
 from enlace.services import DatagramService, StreamService
@@ -46,7 +45,6 @@ def fastpath(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) ->
         enlace.protocol.envelope, "cut_text_commands", _fastpath.py_cut_text_commands
     )
     monkeypatch.setattr(enlace.protocol.envelope, "frame_text", _fastpath.py_frame_text)
-    monkeypatch.setattr(enlace.services.message, "frame_text", _fastpath.py_frame_text)
     monkeypatch.setattr(enlace.services.classic, "scan_frames", _fastpath.py_scan_frames)
     return "python"
 

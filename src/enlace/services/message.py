@@ -29,7 +29,6 @@ from enlace.protocol.envelope import (
     ServerConnection,
     TextCommand,
 )
-from enlace.protocol.fastpath import frame_text
 from enlace.protocol.framing import encode_length_prefixed
 from enlace.services.base import StreamHandler, StreamService, Transport
 from enlace.services.commands import Command, CommandError, CommandSet, Context
@@ -101,9 +100,6 @@ class _MessageHandler(StreamHandler):
         self._backlog: deque[Request | BadRequest] = deque()
         self._command_named = service.commands.by_name.get  # live: later commands appear
         self._text_reply = self._protocol.text_reply
-        # Fast-path replies of up to this many characters are framed without measuring:
-        # at most 4 bytes each in UTF-8, they are within max_frame.
-        self._short_reply = (1 << 32) if service.max_frame is None else service.max_frame >> 2
         self.session: Session
         self._context: Context
 
@@ -136,7 +132,7 @@ class _MessageHandler(StreamHandler):
         # _submit(), which answers exactly as for any other request. Its replies leave in
         # one send with the rest of this callback's writes: the runtime corks them.
         get, context = self._command_named, self._context
-        text_reply, write, short = self._text_reply, self.transport.write, self._short_reply
+        text_reply, write = self._text_reply, self.transport.write
         session = self.session
         for name, rest in commands:
             command = get(name)
@@ -159,13 +155,8 @@ class _MessageHandler(StreamHandler):
                 continue
             # _answer(), inlined: a text client gets no reply to NO_REPLY.
             if result is not NO_REPLY and not self._closing:
-                # The fast path serves only framed clients without --trace: a short str
-                # result is exactly text_reply()'s frame, made here without its checks.
                 try:
-                    if type(result) is str and len(result) <= short:
-                        reply = frame_text(result)
-                    else:
-                        reply = text_reply(result)
+                    reply = text_reply(result)
                 except _UNSENDABLE as exc:
                     self._answer_error(_TEXT, command, exc)
                     continue
