@@ -288,7 +288,6 @@ class ServerConnection:
         self._max_json = max_json
         self._max_json_depth = max_json_depth
         self._decoder: LengthPrefixDecoder | DelimiterDecoder | None = None
-        self._frame_limit = max_frame  # the frame decoder's, once there is one
         self._tls_hello = False  # the first bytes were a TLS ClientHello: refuse them
         #: Called with ``("in" | "out", payload)`` for every payload, for ``--trace``.
         self.trace: Callable[[str, bytes], None] | None = None
@@ -302,7 +301,6 @@ class ServerConnection:
         if self._decoder is None and data:
             if data[0] == 0:
                 self.kind, self._decoder = "framed", LengthPrefixDecoder(max_size=self.max_frame)
-                self._frame_limit = self.max_frame
             else:
                 self.kind, self._decoder = "lines", DelimiterDecoder(max_size=self._max_line)
                 self._tls_hello = _is_tls_hello(data)
@@ -348,7 +346,7 @@ class ServerConnection:
         decoder = self._decoder
         if type(decoder) is not LengthPrefixDecoder or not decoder.at_boundary() or self.trace:
             return None
-        cut = cut_text_commands(data, self._frame_limit)
+        cut = cut_text_commands(data, self.max_frame)
         if cut is None:
             return None  # receive() reads it: the frames before a bad one are served first
         commands, position = cut
@@ -411,15 +409,16 @@ class ServerConnection:
 
     def text_reply(self, result: Any) -> bytes:
         """:meth:`reply` to a text command, at less cost (the message server's fast path)."""
-        if self.trace is None and self.kind == "framed":
-            limit = self.max_frame
-            # A str of n characters encodes to at most 4n bytes: short ones fit unmeasured.
-            if type(result) is str and (limit is None or len(result) <= limit >> 2):
-                return frame_text(result)
-            payload = (result if type(result) is str else render_result(result)).encode()
-            if limit is None or len(payload) <= limit:
-                return pack_header(len(payload)) + payload
-        return self.reply(_A_TEXT_COMMAND, result)  # an error, a line, or a traced reply
+        limit = self.max_frame
+        if (
+            type(result) is str
+            and self.trace is None
+            and self.kind == "framed"
+            # n characters encode to at most 4n bytes: a short str fits unmeasured.
+            and (limit is None or len(result) <= limit >> 2)
+        ):
+            return frame_text(result)
+        return self.reply(_A_TEXT_COMMAND, result)
 
     def error(self, request: Request | BadRequest | None, code: str, message: str) -> bytes:
         """The error reply to ``request`` (or to the connection, if ``None``)."""

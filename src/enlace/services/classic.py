@@ -61,12 +61,11 @@ class _StreamEchoHandler(StreamHandler):
 class _FramedEchoHandler(StreamHandler):
     def __init__(self, max_frame: int | None) -> None:
         self._decoder = LengthPrefixDecoder(max_size=max_frame)
-        self._max_frame = max_frame
 
     def data_received(self, data: bytes) -> None:
         decoder = self._decoder
         if decoder.at_boundary():
-            whole, empty, oversize = scan_frames(data, self._max_frame)
+            whole, empty, oversize = scan_frames(data, decoder.max_size)
             if not empty and oversize < 0:
                 # Whole non-empty frames, then perhaps the start of one: the echo of the
                 # frames is the bytes themselves, and the rest waits for its end.
