@@ -276,27 +276,27 @@ def run_cell(
     receivers = args.threads_receivers if target.runtime == "threads" else args.receivers
     max_connections = receivers + args.senders + 64
     hub: RunningServer | None = None
-    if target.kind == "chat-hub":
-        made = start_redis(pins[0], 256)
-        if isinstance(made, str):
-            return {"ok": False, "error": made, "skipped": True}
-        hub = made
-    started = start_target(
-        target, pins[0], max_connections, hub_port=None if hub is None else hub.port
-    )
-    if isinstance(started, str):
-        if hub is not None:
-            stop_server(hub)
-        return {"ok": False, "error": started, "skipped": True}
-    try:
-        protocol = "redis" if target.kind == "redis" else "chat"
-        result = run_client(
-            client, pins[1], protocol, started.port, started.proc.pid, load, args, receivers
+    try:  # the hub's Redis is stopped however the cell ends, a Ctrl-C included
+        if target.kind == "chat-hub":
+            made = start_redis(pins[0], 256)
+            if isinstance(made, str):
+                return {"ok": False, "error": made, "skipped": True}
+            hub = made
+        started = start_target(
+            target, pins[0], max_connections, hub_port=None if hub is None else hub.port
         )
-        if not result.get("ok") and (failure := started.failure()):
-            result["error"] = f"{result.get('error')} ({failure})"
+        if isinstance(started, str):
+            return {"ok": False, "error": started, "skipped": True}
+        try:
+            protocol = "redis" if target.kind == "redis" else "chat"
+            result = run_client(
+                client, pins[1], protocol, started.port, started.proc.pid, load, args, receivers
+            )
+            if not result.get("ok") and (failure := started.failure()):
+                result["error"] = f"{result.get('error')} ({failure})"
+        finally:
+            result_stop = stop_server(started)
     finally:
-        result_stop = stop_server(started)
         if hub is not None:
             stop_server(hub)
     result["server_stop"] = result_stop

@@ -232,24 +232,30 @@ def start_server(
     ).start()
     deadline = time.monotonic() + START_TIMEOUT
     reason = f"no 'listening on HOST:PORT' line within {START_TIMEOUT:.0f} s"
-    while (left := deadline - time.monotonic()) > 0:
-        try:
-            line = lines.get(timeout=min(left, 0.5))
-        except queue.Empty:
-            continue
-        if line is None:  # stdout closed: the server has exited or is about to
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=2)
-            reason = running.failure() or "the server closed its stdout"
-            break
-        match = LISTENING.search(line)
-        if match:
-            host = _loopback(match.group(1))
-            if host is None:
-                reason = f"the server listens on {match.group(1)}, not on a loopback address"
+    try:
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                line = lines.get(timeout=min(left, 0.5))
+            except queue.Empty:
+                continue
+            if line is None:  # stdout closed: the server has exited or is about to
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=2)
+                reason = running.failure() or "the server closed its stdout"
                 break
-            running.host, running.port = host, int(match.group(2))
-            return running
+            match = LISTENING.search(line)
+            if match:
+                host = _loopback(match.group(1))
+                if host is None:
+                    reason = f"the server listens on {match.group(1)}, not on a loopback address"
+                    break
+                running.host, running.port = host, int(match.group(2))
+                return running
+    except BaseException:
+        # Interrupted (Ctrl-C) while waiting: the server is in a session of its own and would
+        # outlive the harness.
+        stop_server(running)
+        raise
     stop_server(running)
     return reason
 
@@ -286,15 +292,20 @@ def start_polled(
         return f"cannot start {cmd[0]}: {exc}"
     running = RunningServer(Server(name, tuple(cmd), kind), proc, "127.0.0.1", port, output)
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if (failure := running.failure()) is not None:
-            stop_server(running)
-            return failure
-        if ready(port):
-            return running
-        time.sleep(0.05)  # a poll interval: the server has no line to wait for
+    reason = f"{name} did not {waiting_for} within {timeout:g} s"
+    try:
+        while time.monotonic() < deadline:
+            if (failure := running.failure()) is not None:
+                reason = failure
+                break
+            if ready(port):
+                return running
+            time.sleep(0.05)  # a poll interval: the server has no line to wait for
+    except BaseException:  # interrupted: stop it, as start_server does
+        stop_server(running)
+        raise
     stop_server(running)
-    return f"{name} did not {waiting_for} within {timeout:g} s"
+    return reason
 
 
 def stop_server(running: RunningServer) -> str:
