@@ -31,7 +31,6 @@ import datetime
 import json
 import os
 import platform
-import resource
 import shutil
 import socket
 import subprocess
@@ -59,6 +58,7 @@ from harness.servers import (
     free_port,
     machine_busy,
     pinning,
+    raise_open_files,
     start_polled,
     start_server,
     stop_server,
@@ -244,24 +244,6 @@ def uvloop_installed() -> bool:
     return True
 
 
-# ---- machine settings ----
-
-
-def raise_open_files(needed: int) -> str:
-    """Raise this process's soft open-files limit (children inherit it); say what happened."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft >= needed:
-        return f"open-files limit {soft}"
-    target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
-    try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-    except (ValueError, OSError) as exc:
-        return f"open-files limit {soft}: cannot raise it to {needed} ({exc})"
-    if target < needed:
-        return f"open-files limit raised from {soft} to {target} only (hard limit); {needed} wanted"
-    return f"open-files limit raised from {soft} to {target}"
-
-
 # ---- the run ----
 
 
@@ -444,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
     targets = [t for t in TARGETS if t.name in args.server_names]
     client = build_client()
     biggest = max(args.receivers, args.threads_receivers) + args.senders
-    files = raise_open_files(2 * biggest + 256)
+    _, files = raise_open_files(2 * biggest + 256)
     pin_server, pin_client, pinned = pinning(args.pin, "client")
     loop = "uvloop" if uvloop_installed() else "asyncio (uvloop is not installed)"
     print(f"fan-out: {pinned}; {files}; asyncio loop: {loop}", file=sys.stderr)

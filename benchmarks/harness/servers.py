@@ -6,7 +6,8 @@ started by :func:`start_server`, which reads that line; one that prints nothing 
 :func:`start_polled`, which probes it.  Either way :func:`stop_server` ends it by its PID:
 SIGTERM, then SIGKILL after :data:`STOP_TIMEOUT`.  Every server runs in a session of its own,
 so a Ctrl-C reaches only the harness, which then stops it.  Also here: the ``taskset``
-prefixes (:func:`pinning`) and how busy the machine or a process is.
+prefixes (:func:`pinning`), how busy the machine or a process is, and the open-files limit
+that many connections need (:func:`raise_open_files`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import ipaddress
 import os
 import queue
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -48,6 +50,7 @@ __all__ = [
     "missing_modules",
     "pinning",
     "port_open",
+    "raise_open_files",
     "server_command",
     "server_env",
     "speedups_state",
@@ -388,3 +391,22 @@ def machine_busy(seconds: float = 0.5) -> float | None:
     except (OSError, ValueError, IndexError):
         return None
     return 1 - (idle1 - idle0) / (total1 - total0) if total1 > total0 else None
+
+
+def raise_open_files(needed: int) -> tuple[bool, str]:
+    """Raise this process's soft open-files limit to ``needed`` (children inherit it).
+
+    Returns whether the limit is now at least ``needed``, and what happened, in words.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= needed:
+        return True, f"open-files limit {soft}"
+    target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError) as exc:
+        return False, f"open-files limit {soft}: cannot raise it to {needed} ({exc})"
+    if target < needed:
+        now = f"raised from {soft} to {target}" if target > soft else str(soft)
+        return False, f"open-files limit {now} only (the hard limit); {needed} wanted"
+    return True, f"open-files limit raised from {soft} to {target}"
