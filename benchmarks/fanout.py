@@ -53,10 +53,11 @@ from harness.fanout_tables import (
 )
 from harness.loadgen import build_c_program, run_json_program
 from harness.servers import (
+    BUSY,
     RunningServer,
     Server,
+    busy_before_run,
     free_port,
-    machine_busy,
     pinning,
     raise_open_files,
     start_polled,
@@ -430,13 +431,7 @@ def main(argv: list[str] | None = None) -> int:
     pin_server, pin_client, pinned = pinning(args.pin, "client")
     loop = "uvloop" if uvloop_installed() else "asyncio (uvloop is not installed)"
     print(f"fan-out: {pinned}; {files}; asyncio loop: {loop}", file=sys.stderr)
-    busy = machine_busy()
-    if busy is not None and busy > 0.1:
-        print(
-            f"warning: the machine is {busy:.0%} busy before the run (other processes); "
-            "expect noisy numbers",
-            file=sys.stderr,
-        )
+    busy = busy_before_run()
     started = time.monotonic()
     runs: dict[str, dict[str, list[dict[str, Any]]]] = {
         load.key: {target.name: [] for target in targets} for load in loads
@@ -480,7 +475,7 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(loads, results, ratios))
     notes = format_notes(loads, results, args.receivers, args.threads_receivers)
     notes += repeat_notes(loads, runs)
-    if busy is not None and busy > 0.1:
+    if busy is not None and busy > BUSY:
         notes.append(
             f"warning: the machine was {busy:.0%} busy before the run (other processes): the "
             "numbers are noisy; use --repeat 3 on an idle machine for numbers to quote"

@@ -36,12 +36,14 @@ from typing import IO
 from harness import REPO
 
 __all__ = [
+    "BUSY",
     "LISTENING",
     "START_TIMEOUT",
     "STOP_TIMEOUT",
     "TLS_SERVER_NAME",
     "RunningServer",
     "Server",
+    "busy_before_run",
     "cpu_seconds",
     "free_port",
     "last_line",
@@ -63,6 +65,7 @@ START_TIMEOUT = 20.0  # seconds for a server to print its "listening on" line
 STOP_TIMEOUT = 5.0  # seconds between SIGTERM and SIGKILL
 LISTENING = re.compile(r"listening on (\[[^\]]+\]|[^\s:\[\]]+):(\d+)")
 TLS_SERVER_NAME = "localhost"  # the name the TLS load generator verifies
+BUSY = 0.1  # share of the cores busy before a run above which its numbers are noisy
 
 
 @dataclass(frozen=True)
@@ -194,6 +197,29 @@ def _loopback(host: str) -> str | None:
         return None
 
 
+def _spawn(cmd: list[str], *, pipe_stdout: bool) -> tuple[subprocess.Popen[bytes], IO[bytes]] | str:
+    """Start a server in a session of its own; return it and its output file, or why not.
+
+    The file (closed by :func:`stop_server`) gets its stderr, and its stdout too unless
+    ``pipe_stdout``, which leaves stdout a pipe for the ready line.
+    """
+    output = tempfile.TemporaryFile()  # noqa: SIM115 (closed in stop_server)
+    try:
+        proc = subprocess.Popen(
+            cmd,
+            cwd=REPO,
+            env=server_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE if pipe_stdout else output,
+            stderr=output if pipe_stdout else subprocess.STDOUT,
+            start_new_session=True,  # Ctrl-C reaches only this script, which stops the server
+        )
+    except OSError as exc:
+        output.close()
+        return f"cannot start {cmd[0]}: {exc}"
+    return proc, output
+
+
 def server_command(server: Server, tls_files: tuple[Path, Path] | None = None) -> list[str]:
     """The server's command line after ``python``; its TLS one with ``tls_files``."""
     args = list(server.args)
@@ -213,20 +239,10 @@ def start_server(
     With ``tls_files`` (certificate, key), the server's TLS instance.
     """
     cmd = [*pin, sys.executable, *server_command(server, tls_files)]
-    stderr = tempfile.TemporaryFile()  # noqa: SIM115 (closed in stop_server)
-    try:
-        proc = subprocess.Popen(
-            cmd,
-            cwd=REPO,
-            env=server_env(),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=stderr,
-            start_new_session=True,  # Ctrl-C reaches only this script, which stops the server
-        )
-    except OSError as exc:
-        stderr.close()
-        return f"cannot start {cmd[0]}: {exc}"
+    spawned = _spawn(cmd, pipe_stdout=True)
+    if isinstance(spawned, str):
+        return spawned
+    proc, stderr = spawned
     assert proc.stdout is not None
     lines: queue.Queue[str | None] = queue.Queue()
     running = RunningServer(server, proc, "", 0, stderr, tls=tls_files is not None)
@@ -279,20 +295,10 @@ def start_polled(
     included); its output goes to a temporary file, read only to say why it failed.
     ``waiting_for`` says what ``ready`` checks, for the message when it never is.
     """
-    output = tempfile.TemporaryFile()  # noqa: SIM115 (closed in stop_server)
-    try:
-        proc = subprocess.Popen(
-            cmd,
-            cwd=REPO,
-            env=server_env(),
-            stdin=subprocess.DEVNULL,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    except OSError as exc:
-        output.close()
-        return f"cannot start {cmd[0]}: {exc}"
+    spawned = _spawn(cmd, pipe_stdout=False)
+    if isinstance(spawned, str):
+        return spawned
+    proc, output = spawned
     running = RunningServer(Server(name, tuple(cmd), kind), proc, "127.0.0.1", port, output)
     deadline = time.monotonic() + timeout
     reason = f"{name} did not {waiting_for} within {timeout:g} s"
@@ -374,6 +380,18 @@ def cpu_seconds(pid: int) -> float | None:
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     except (OSError, IndexError, ValueError):
         return None
+
+
+def busy_before_run(advice: str = "") -> float | None:
+    """:func:`machine_busy`, with a warning on stderr (then ``advice``) when over :data:`BUSY`."""
+    busy = machine_busy()
+    if busy is not None and busy > BUSY:
+        print(
+            f"warning: the machine is {busy:.0%} busy before the run (other processes); "
+            f"expect noisy numbers{advice}",
+            file=sys.stderr,
+        )
+    return busy
 
 
 def machine_busy(seconds: float = 0.5) -> float | None:
