@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness import PEERS
-from harness.servers import free_port, pinning, port_open, start_polled, stop_server
+from harness.servers import free_port, last_line, pinning, port_open, start_polled, stop_server
 from harness.tables import render
 
 __all__ = ["main"]
@@ -143,6 +143,10 @@ def run_wrk(pin: list[str], port: int, row: Row, seconds: float) -> tuple[float,
     out = result.stdout
     match = re.search(r"Requests/sec:\s+([\d.]+)", out)
     problems = []
+    if match is None:  # e.g. "unable to connect to ...": the row shows 0, this says why
+        problems.append(
+            f"wrk failed: {last_line(result.stderr) or f'exit code {result.returncode}'}"
+        )
     for pattern in (r"Non-2xx or 3xx responses: (\d+)", r"Socket errors: (.*)"):
         if found := re.search(pattern, out):
             problems.append(found.group(0))
@@ -156,6 +160,8 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, help="seconds a row (overrides --quick)")
     parser.add_argument("--only", nargs="*", help="run only these servers")
     args = parser.parse_args()
+    if args.seconds is not None and (args.seconds < 1 or not args.seconds.is_integer()):
+        parser.error("--seconds takes a whole number of seconds, at least 1 (as wrk's -d does)")
     seconds = args.seconds or (3.0 if args.quick else 10.0)
     if shutil.which("wrk") is None:
         print("wrk is not installed (apt-get install wrk)", file=sys.stderr)
