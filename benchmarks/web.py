@@ -23,6 +23,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,21 +91,22 @@ http {{
     ]
 
 
-def servers(root: Path, prefix: Path) -> dict[str, tuple[list[str], bool]]:
-    """name -> (command with {port}, is a Python peer)."""
+def servers(root: Path, prefix: Path) -> dict[str, tuple[Callable[[int], list[str]], bool]]:
+    """name -> (its command line for a port, is a Python peer)."""
     python = sys.executable
+    site = str(root)
     return {
         "enlace": (
-            [
+            lambda port: [
                 python,
                 "-m",
                 "enlace",
                 "serve",
                 "web",
                 "--root",
-                str(root),
+                site,
                 "--port",
-                "{port}",
+                str(port),
                 "--loop",
                 "uvloop",
                 "--log-level",
@@ -113,21 +115,24 @@ def servers(root: Path, prefix: Path) -> dict[str, tuple[list[str], bool]]:
             False,
         ),
         "http.server": (
-            [
+            lambda port: [
                 python,
                 "-m",
                 "http.server",
-                "{port}",
+                str(port),
                 "--bind",
                 "127.0.0.1",
                 "--directory",
-                str(root),
+                site,
             ],
             True,
         ),
-        "uvicorn+starlette": ([python, str(PEERS / "web_starlette.py"), str(root), "{port}"], True),
-        "aiohttp": ([python, str(PEERS / "web_aiohttp.py"), str(root), "{port}"], True),
-        "nginx": (["nginx"], False),
+        "uvicorn+starlette": (
+            lambda port: [python, str(PEERS / "web_starlette.py"), site, str(port)],
+            True,
+        ),
+        "aiohttp": (lambda port: [python, str(PEERS / "web_aiohttp.py"), site, str(port)], True),
+        "nginx": (lambda port: nginx_command(root, port, prefix), False),
     }
 
 
@@ -171,21 +176,19 @@ def main() -> int:
     python_peers: list[str] = []
     with tempfile.TemporaryDirectory(prefix="enlace-web-bench-") as tmp:
         root = Path(tmp) / "site"
+        commands = servers(root, Path(tmp) / "nginx")
+        if unknown := sorted(set(args.only or ()) - set(commands)):
+            parser.error(f"unknown servers: {', '.join(unknown)} (known: {', '.join(commands)})")
         root.mkdir()
         for name, size in FILES.items():
             (root / name).write_bytes(os.urandom(size))
         os.chmod(tmp, 0o755)
         os.chmod(root, 0o755)
-        for name, (template, is_python) in servers(root, Path(tmp) / "nginx").items():
+        for name, (command_for, is_python) in commands.items():
             if args.only and name not in args.only:
                 continue
             port = free_port()
-            command = [part.replace("{port}", str(port)) for part in template]
-            if name == "nginx":
-                if not os.path.exists(NGINX):
-                    print(f"skipped nginx: {NGINX} not found", file=sys.stderr)
-                    continue
-                command = nginx_command(root, port, Path(tmp) / "nginx")
+            command = command_for(port)
             # Its output goes to a file, not a pipe: http.server logs every request.
             started = start_polled(
                 name,
