@@ -17,8 +17,10 @@ Two loads, each with its own fresh server (a chat replays its room's history to 
   out (default 20000/s): the deliveries per second are then each server's capacity.
 
 Rows: enlace's chat on the asyncio runtime (on uvloop when it is installed), the same chat on
-the threads runtime (a thread per connection), both started by ``chat_server.py`` with flood
-control off, and Redis pub/sub (a ``redis-server`` of our own on a free port, no persistence).
+the threads runtime (a thread per connection), the asyncio chat with its rooms shared through a
+Redis hub (``enlace-redis-hub``, with a ``redis-server`` of its own), all started by
+``chat_server.py`` with flood control off, and Redis pub/sub (a ``redis-server`` of our own on
+a free port, no persistence).
 Servers run on one core and the client on another (``taskset``); every server is stopped by its
 PID.  The table goes to stdout, progress to stderr, every number to ``results/fanout.json``.
 Only 127.0.0.1 is connected to.
