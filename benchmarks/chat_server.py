@@ -15,27 +15,13 @@ from __future__ import annotations
 
 import argparse
 import atexit
-import resource
 import sys
+
+from harness.servers import raise_open_files  # this script's folder is on sys.path
 
 from enlace.cli.runner import Launch, loop_name, run_servers
 from enlace.limits import IDLE_TIMEOUT
 from enlace.services.chat import ChatService
-
-
-def raise_open_files(needed: int) -> str | None:
-    """Raise the soft open-files limit to ``needed`` (at most the hard limit); say if short."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft >= needed:
-        return None
-    target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
-    try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-    except (ValueError, OSError) as exc:
-        return f"cannot raise the open-files limit from {soft} to {needed}: {exc}"
-    if target < needed:
-        return f"the open-files limit is {target} (hard limit), under the {needed} needed"
-    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,9 +42,9 @@ def main(argv: list[str] | None = None) -> int:
         "--hub", metavar="URL", help="share the chat through this Redis (redis://HOST:PORT/DB)"
     )
     args = parser.parse_args(argv)
-    short = raise_open_files(args.max_connections + 64)
-    if short:
-        print(f"chat_server: warning: {short}", file=sys.stderr, flush=True)
+    enough, said = raise_open_files(args.max_connections + 64)
+    if not enough:
+        print(f"chat_server: warning: {said}", file=sys.stderr, flush=True)
     if args.hub:
         from enlace.services.redis_hub import RedisHub  # noqa: PLC0415 - only this row needs Redis
 

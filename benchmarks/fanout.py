@@ -17,8 +17,10 @@ Two loads, each with its own fresh server (a chat replays its room's history to 
   out (default 20000/s): the deliveries per second are then each server's capacity.
 
 Rows: enlace's chat on the asyncio runtime (on uvloop when it is installed), the same chat on
-the threads runtime (a thread per connection), both started by ``chat_server.py`` with flood
-control off, and Redis pub/sub (a ``redis-server`` of our own on a free port, no persistence).
+the threads runtime (a thread per connection), the asyncio chat with its rooms shared through a
+Redis hub (``enlace-redis-hub``, with a ``redis-server`` of its own), all started by
+``chat_server.py`` with flood control off, and Redis pub/sub (a ``redis-server`` of our own on
+a free port, no persistence).
 Servers run on one core and the client on another (``taskset``); every server is stopped by its
 PID.  The table goes to stdout, progress to stderr, every number to ``results/fanout.json``.
 Only 127.0.0.1 is connected to.
@@ -31,7 +33,6 @@ import datetime
 import json
 import os
 import platform
-import resource
 import shutil
 import socket
 import subprocess
@@ -54,11 +55,13 @@ from harness.fanout_tables import (
 )
 from harness.loadgen import build_c_program, run_json_program
 from harness.servers import (
+    BUSY,
     RunningServer,
     Server,
+    busy_before_run,
     free_port,
-    machine_busy,
     pinning,
+    raise_open_files,
     start_polled,
     start_server,
     stop_server,
@@ -244,24 +247,6 @@ def uvloop_installed() -> bool:
     return True
 
 
-# ---- machine settings ----
-
-
-def raise_open_files(needed: int) -> str:
-    """Raise this process's soft open-files limit (children inherit it); say what happened."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft >= needed:
-        return f"open-files limit {soft}"
-    target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
-    try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-    except (ValueError, OSError) as exc:
-        return f"open-files limit {soft}: cannot raise it to {needed} ({exc})"
-    if target < needed:
-        return f"open-files limit raised from {soft} to {target} only (hard limit); {needed} wanted"
-    return f"open-files limit raised from {soft} to {target}"
-
-
 # ---- the run ----
 
 
@@ -276,27 +261,27 @@ def run_cell(
     receivers = args.threads_receivers if target.runtime == "threads" else args.receivers
     max_connections = receivers + args.senders + 64
     hub: RunningServer | None = None
-    if target.kind == "chat-hub":
-        made = start_redis(pins[0], 256)
-        if isinstance(made, str):
-            return {"ok": False, "error": made, "skipped": True}
-        hub = made
-    started = start_target(
-        target, pins[0], max_connections, hub_port=None if hub is None else hub.port
-    )
-    if isinstance(started, str):
-        if hub is not None:
-            stop_server(hub)
-        return {"ok": False, "error": started, "skipped": True}
-    try:
-        protocol = "redis" if target.kind == "redis" else "chat"
-        result = run_client(
-            client, pins[1], protocol, started.port, started.proc.pid, load, args, receivers
+    try:  # the hub's Redis is stopped however the cell ends, a Ctrl-C included
+        if target.kind == "chat-hub":
+            made = start_redis(pins[0], 256)
+            if isinstance(made, str):
+                return {"ok": False, "error": made, "skipped": True}
+            hub = made
+        started = start_target(
+            target, pins[0], max_connections, hub_port=None if hub is None else hub.port
         )
-        if not result.get("ok") and (failure := started.failure()):
-            result["error"] = f"{result.get('error')} ({failure})"
+        if isinstance(started, str):
+            return {"ok": False, "error": started, "skipped": True}
+        try:
+            protocol = "redis" if target.kind == "redis" else "chat"
+            result = run_client(
+                client, pins[1], protocol, started.port, started.proc.pid, load, args, receivers
+            )
+            if not result.get("ok") and (failure := started.failure()):
+                result["error"] = f"{result.get('error')} ({failure})"
+        finally:
+            result_stop = stop_server(started)
     finally:
-        result_stop = stop_server(started)
         if hub is not None:
             stop_server(hub)
     result["server_stop"] = result_stop
@@ -444,17 +429,11 @@ def main(argv: list[str] | None = None) -> int:
     targets = [t for t in TARGETS if t.name in args.server_names]
     client = build_client()
     biggest = max(args.receivers, args.threads_receivers) + args.senders
-    files = raise_open_files(2 * biggest + 256)
+    _, files = raise_open_files(2 * biggest + 256)
     pin_server, pin_client, pinned = pinning(args.pin, "client")
     loop = "uvloop" if uvloop_installed() else "asyncio (uvloop is not installed)"
     print(f"fan-out: {pinned}; {files}; asyncio loop: {loop}", file=sys.stderr)
-    busy = machine_busy()
-    if busy is not None and busy > 0.1:
-        print(
-            f"warning: the machine is {busy:.0%} busy before the run (other processes); "
-            "expect noisy numbers",
-            file=sys.stderr,
-        )
+    busy = busy_before_run()
     started = time.monotonic()
     runs: dict[str, dict[str, list[dict[str, Any]]]] = {
         load.key: {target.name: [] for target in targets} for load in loads
@@ -498,7 +477,7 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(loads, results, ratios))
     notes = format_notes(loads, results, args.receivers, args.threads_receivers)
     notes += repeat_notes(loads, runs)
-    if busy is not None and busy > 0.1:
+    if busy is not None and busy > BUSY:
         notes.append(
             f"warning: the machine was {busy:.0%} busy before the run (other processes): the "
             "numbers are noisy; use --repeat 3 on an idle machine for numbers to quote"

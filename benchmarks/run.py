@@ -43,7 +43,7 @@ from pathlib import Path
 from harness import RESULTS
 from harness import servers as procs
 from harness.plan import Plan, run_plan
-from harness.servers import machine_busy, missing_modules
+from harness.servers import busy_before_run, missing_modules
 from harness.suites import CONFIGS, SUITES, Suite
 from harness.tables import (
     compute_ratios,
@@ -160,13 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         print(f"missing: {' '.join(missing)} (pip install {' '.join(missing)})", file=sys.stderr)
 
-    busy = machine_busy()
-    if busy is not None and busy > 0.1:
-        print(
-            f"warning: the machine is {busy:.0%} busy before the run (other processes); "
-            "expect noisy numbers, or use --repeat",
-            file=sys.stderr,
-        )
+    busy = busy_before_run(", or use --repeat")
     speedups = procs.speedups_state()
     if speedups != "on":
         print(f"warning: enlace's C speedups are {speedups}", file=sys.stderr)

@@ -23,11 +23,12 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from harness import PEERS
-from harness.servers import free_port, pinning, port_open, start_polled, stop_server
+from harness.servers import free_port, last_line, pinning, port_open, start_polled, stop_server
 from harness.tables import render
 
 __all__ = ["main"]
@@ -90,21 +91,22 @@ http {{
     ]
 
 
-def servers(root: Path, prefix: Path) -> dict[str, tuple[list[str], bool]]:
-    """name -> (command with {port}, is a Python peer)."""
+def servers(root: Path, prefix: Path) -> dict[str, tuple[Callable[[int], list[str]], bool]]:
+    """name -> (its command line for a port, is a Python peer)."""
     python = sys.executable
+    site = str(root)
     return {
         "enlace": (
-            [
+            lambda port: [
                 python,
                 "-m",
                 "enlace",
                 "serve",
                 "web",
                 "--root",
-                str(root),
+                site,
                 "--port",
-                "{port}",
+                str(port),
                 "--loop",
                 "uvloop",
                 "--log-level",
@@ -113,21 +115,24 @@ def servers(root: Path, prefix: Path) -> dict[str, tuple[list[str], bool]]:
             False,
         ),
         "http.server": (
-            [
+            lambda port: [
                 python,
                 "-m",
                 "http.server",
-                "{port}",
+                str(port),
                 "--bind",
                 "127.0.0.1",
                 "--directory",
-                str(root),
+                site,
             ],
             True,
         ),
-        "uvicorn+starlette": ([python, str(PEERS / "web_starlette.py"), str(root), "{port}"], True),
-        "aiohttp": ([python, str(PEERS / "web_aiohttp.py"), str(root), "{port}"], True),
-        "nginx": (["nginx"], False),
+        "uvicorn+starlette": (
+            lambda port: [python, str(PEERS / "web_starlette.py"), site, str(port)],
+            True,
+        ),
+        "aiohttp": (lambda port: [python, str(PEERS / "web_aiohttp.py"), site, str(port)], True),
+        "nginx": (lambda port: nginx_command(root, port, prefix), False),
     }
 
 
@@ -143,6 +148,10 @@ def run_wrk(pin: list[str], port: int, row: Row, seconds: float) -> tuple[float,
     out = result.stdout
     match = re.search(r"Requests/sec:\s+([\d.]+)", out)
     problems = []
+    if match is None:  # e.g. "unable to connect to ...": the row shows 0, this says why
+        problems.append(
+            f"wrk failed: {last_line(result.stderr) or f'exit code {result.returncode}'}"
+        )
     for pattern in (r"Non-2xx or 3xx responses: (\d+)", r"Socket errors: (.*)"):
         if found := re.search(pattern, out):
             problems.append(found.group(0))
@@ -156,6 +165,8 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, help="seconds a row (overrides --quick)")
     parser.add_argument("--only", nargs="*", help="run only these servers")
     args = parser.parse_args()
+    if args.seconds is not None and (args.seconds < 1 or not args.seconds.is_integer()):
+        parser.error("--seconds takes a whole number of seconds, at least 1 (as wrk's -d does)")
     seconds = args.seconds or (3.0 if args.quick else 10.0)
     if shutil.which("wrk") is None:
         print("wrk is not installed (apt-get install wrk)", file=sys.stderr)
@@ -165,21 +176,19 @@ def main() -> int:
     python_peers: list[str] = []
     with tempfile.TemporaryDirectory(prefix="enlace-web-bench-") as tmp:
         root = Path(tmp) / "site"
+        commands = servers(root, Path(tmp) / "nginx")
+        if unknown := sorted(set(args.only or ()) - set(commands)):
+            parser.error(f"unknown servers: {', '.join(unknown)} (known: {', '.join(commands)})")
         root.mkdir()
         for name, size in FILES.items():
             (root / name).write_bytes(os.urandom(size))
         os.chmod(tmp, 0o755)
         os.chmod(root, 0o755)
-        for name, (template, is_python) in servers(root, Path(tmp) / "nginx").items():
+        for name, (command_for, is_python) in commands.items():
             if args.only and name not in args.only:
                 continue
             port = free_port()
-            command = [part.replace("{port}", str(port)) for part in template]
-            if name == "nginx":
-                if not os.path.exists(NGINX):
-                    print(f"skipped nginx: {NGINX} not found", file=sys.stderr)
-                    continue
-                command = nginx_command(root, port, Path(tmp) / "nginx")
+            command = command_for(port)
             # Its output goes to a file, not a pipe: http.server logs every request.
             started = start_polled(
                 name,

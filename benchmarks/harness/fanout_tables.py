@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeGuard
 
 from harness.tables import pct, rate, render, us
 
@@ -48,7 +48,7 @@ def lost_of(cell: dict[str, Any]) -> int:
     return int(cell.get("lost", 0)) + int(cell.get("reordered", 0))
 
 
-def good(cell: dict[str, Any] | None) -> bool:
+def good(cell: dict[str, Any] | None) -> TypeGuard[dict[str, Any]]:
     """Whether a cell measured something (ran and delivered)."""
     return bool(cell and cell.get("ok") and cell.get("deliveries"))
 
@@ -68,8 +68,6 @@ def compute_ratios(loads: Sequence[LoadRow], results: Results) -> Ratios:
             if (
                 good(cell)
                 and good(anchor)
-                and cell is not None
-                and anchor is not None
                 and cell["counted_receivers"] == anchor["counted_receivers"]
             ):
                 value["delivered_per_s"] = cell["delivered_per_s"] / anchor["delivered_per_s"]

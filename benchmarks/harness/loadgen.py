@@ -2,7 +2,8 @@
 
 ``loadgen/loadgen.c`` is built into ``.build/loadgen`` and, with OpenSSL, into
 ``.build/loadgen-tls`` (OpenSSL's headers are installed with ``apt-get`` when missing);
-``fanout.py`` builds ``loadgen/fanout.c`` with :func:`build_c_program` too.  Each program
+``fanout.py`` builds ``loadgen/fanout.c`` with :func:`build_c_program` too.  Both include
+``loadgen/common.h``: a program is rebuilt when it or that header changes.  Each program
 prints one JSON line of results; :func:`run_json_program` runs one within a time bound and
 returns that line, or ``ok: false`` and why there is none.
 """
@@ -39,11 +40,19 @@ LOADGEN_TLS = BUILD / "loadgen-tls"
 LOADGEN_SLACK = 15.0  # seconds allowed beyond the load generator's own time bound
 
 
+def _up_to_date(source: Path, target: Path) -> bool:
+    """Whether ``target`` is newer than ``source`` and the headers beside it (``common.h``)."""
+    if not target.exists():
+        return False
+    inputs = [source, *source.parent.glob("*.h")]
+    return target.stat().st_mtime >= max(path.stat().st_mtime for path in inputs)
+
+
 def build_c_program(
     source: Path, target: Path, what: str, flags: tuple[str, ...] = (), libs: tuple[str, ...] = ()
 ) -> Path:
     """Compile ``source`` into ``target`` unless it is up to date; return ``target``."""
-    if target.exists() and target.stat().st_mtime >= source.stat().st_mtime:
+    if _up_to_date(source, target):
         return target
     compiler = os.environ.get("CC", "cc")
     if shutil.which(compiler) is None:
@@ -97,8 +106,7 @@ def _install_libssl_dev() -> None:
 
 def build_loadgen_tls() -> Path:
     """Compile ``loadgen.c`` with TLS into ``.build/loadgen-tls``; install libssl-dev if needed."""
-    up_to_date = LOADGEN_TLS.exists() and LOADGEN_TLS.stat().st_mtime >= LOADGEN_SRC.stat().st_mtime
-    if not up_to_date and not _openssl_headers():
+    if not _up_to_date(LOADGEN_SRC, LOADGEN_TLS) and not _openssl_headers():
         _install_libssl_dev()
     return build_c_program(
         LOADGEN_SRC,

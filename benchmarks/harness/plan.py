@@ -60,10 +60,16 @@ def _warn_busy_when_idle(running: list[RunningServer]) -> None:
 
 
 def _start_all(
-    plan: Plan, tls_files: tuple[Path, Path] | str | None, skipped: dict[str, str]
-) -> list[RunningServer]:
-    """Start the plain instances the plain rows need and the TLS ones the TLS rows need."""
-    running: list[RunningServer] = []
+    plan: Plan,
+    tls_files: tuple[Path, Path] | str | None,
+    skipped: dict[str, str],
+    running: list[RunningServer],
+) -> None:
+    """Start the plain instances the plain rows need and the TLS ones the TLS rows need.
+
+    Each one is added to ``running`` as soon as it serves, so that the caller stops every
+    server started even when starting the next one is interrupted (Ctrl-C).
+    """
     kinds = sorted({config.tls for config in plan.configs})  # plain first
     for tls in kinds:
         for server in plan.servers:
@@ -89,7 +95,6 @@ def _start_all(
             else:
                 running.append(started)
                 print(f"{label}: listening on {started.host}:{started.port}", file=sys.stderr)
-    return running
 
 
 def run_plan(plan: Plan) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
@@ -109,7 +114,7 @@ def run_plan(plan: Plan) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
     with tempfile.TemporaryDirectory(prefix="enlace-bench-") as tmp:
         tls_files = make_tls_files(Path(tmp)) if tls else None
         try:
-            running = _start_all(plan, tls_files, skipped)
+            _start_all(plan, tls_files, skipped, running)
             if running:
                 _warn_busy_when_idle(running)
             ca = tls_files[0] if isinstance(tls_files, tuple) else None

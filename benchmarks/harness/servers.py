@@ -6,7 +6,8 @@ started by :func:`start_server`, which reads that line; one that prints nothing 
 :func:`start_polled`, which probes it.  Either way :func:`stop_server` ends it by its PID:
 SIGTERM, then SIGKILL after :data:`STOP_TIMEOUT`.  Every server runs in a session of its own,
 so a Ctrl-C reaches only the harness, which then stops it.  Also here: the ``taskset``
-prefixes (:func:`pinning`) and how busy the machine or a process is.
+prefixes (:func:`pinning`), how busy the machine or a process is, and the open-files limit
+that many connections need (:func:`raise_open_files`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import ipaddress
 import os
 import queue
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -34,12 +36,14 @@ from typing import IO
 from harness import REPO
 
 __all__ = [
+    "BUSY",
     "LISTENING",
     "START_TIMEOUT",
     "STOP_TIMEOUT",
     "TLS_SERVER_NAME",
     "RunningServer",
     "Server",
+    "busy_before_run",
     "cpu_seconds",
     "free_port",
     "last_line",
@@ -48,6 +52,7 @@ __all__ = [
     "missing_modules",
     "pinning",
     "port_open",
+    "raise_open_files",
     "server_command",
     "server_env",
     "speedups_state",
@@ -60,6 +65,7 @@ START_TIMEOUT = 20.0  # seconds for a server to print its "listening on" line
 STOP_TIMEOUT = 5.0  # seconds between SIGTERM and SIGKILL
 LISTENING = re.compile(r"listening on (\[[^\]]+\]|[^\s:\[\]]+):(\d+)")
 TLS_SERVER_NAME = "localhost"  # the name the TLS load generator verifies
+BUSY = 0.1  # share of the cores busy before a run above which its numbers are noisy
 
 
 @dataclass(frozen=True)
@@ -191,6 +197,29 @@ def _loopback(host: str) -> str | None:
         return None
 
 
+def _spawn(cmd: list[str], *, pipe_stdout: bool) -> tuple[subprocess.Popen[bytes], IO[bytes]] | str:
+    """Start a server in a session of its own; return it and its output file, or why not.
+
+    The file (closed by :func:`stop_server`) gets its stderr, and its stdout too unless
+    ``pipe_stdout``, which leaves stdout a pipe for the ready line.
+    """
+    output = tempfile.TemporaryFile()  # noqa: SIM115 (closed in stop_server)
+    try:
+        proc = subprocess.Popen(
+            cmd,
+            cwd=REPO,
+            env=server_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE if pipe_stdout else output,
+            stderr=output if pipe_stdout else subprocess.STDOUT,
+            start_new_session=True,  # Ctrl-C reaches only this script, which stops the server
+        )
+    except OSError as exc:
+        output.close()
+        return f"cannot start {cmd[0]}: {exc}"
+    return proc, output
+
+
 def server_command(server: Server, tls_files: tuple[Path, Path] | None = None) -> list[str]:
     """The server's command line after ``python``; its TLS one with ``tls_files``."""
     args = list(server.args)
@@ -210,20 +239,10 @@ def start_server(
     With ``tls_files`` (certificate, key), the server's TLS instance.
     """
     cmd = [*pin, sys.executable, *server_command(server, tls_files)]
-    stderr = tempfile.TemporaryFile()  # noqa: SIM115 (closed in stop_server)
-    try:
-        proc = subprocess.Popen(
-            cmd,
-            cwd=REPO,
-            env=server_env(),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=stderr,
-            start_new_session=True,  # Ctrl-C reaches only this script, which stops the server
-        )
-    except OSError as exc:
-        stderr.close()
-        return f"cannot start {cmd[0]}: {exc}"
+    spawned = _spawn(cmd, pipe_stdout=True)
+    if isinstance(spawned, str):
+        return spawned
+    proc, stderr = spawned
     assert proc.stdout is not None
     lines: queue.Queue[str | None] = queue.Queue()
     running = RunningServer(server, proc, "", 0, stderr, tls=tls_files is not None)
@@ -232,24 +251,30 @@ def start_server(
     ).start()
     deadline = time.monotonic() + START_TIMEOUT
     reason = f"no 'listening on HOST:PORT' line within {START_TIMEOUT:.0f} s"
-    while (left := deadline - time.monotonic()) > 0:
-        try:
-            line = lines.get(timeout=min(left, 0.5))
-        except queue.Empty:
-            continue
-        if line is None:  # stdout closed: the server has exited or is about to
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=2)
-            reason = running.failure() or "the server closed its stdout"
-            break
-        match = LISTENING.search(line)
-        if match:
-            host = _loopback(match.group(1))
-            if host is None:
-                reason = f"the server listens on {match.group(1)}, not on a loopback address"
+    try:
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                line = lines.get(timeout=min(left, 0.5))
+            except queue.Empty:
+                continue
+            if line is None:  # stdout closed: the server has exited or is about to
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=2)
+                reason = running.failure() or "the server closed its stdout"
                 break
-            running.host, running.port = host, int(match.group(2))
-            return running
+            match = LISTENING.search(line)
+            if match:
+                host = _loopback(match.group(1))
+                if host is None:
+                    reason = f"the server listens on {match.group(1)}, not on a loopback address"
+                    break
+                running.host, running.port = host, int(match.group(2))
+                return running
+    except BaseException:
+        # Interrupted (Ctrl-C) while waiting: the server is in a session of its own and would
+        # outlive the harness.
+        stop_server(running)
+        raise
     stop_server(running)
     return reason
 
@@ -270,31 +295,26 @@ def start_polled(
     included); its output goes to a temporary file, read only to say why it failed.
     ``waiting_for`` says what ``ready`` checks, for the message when it never is.
     """
-    output = tempfile.TemporaryFile()  # noqa: SIM115 (closed in stop_server)
-    try:
-        proc = subprocess.Popen(
-            cmd,
-            cwd=REPO,
-            env=server_env(),
-            stdin=subprocess.DEVNULL,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    except OSError as exc:
-        output.close()
-        return f"cannot start {cmd[0]}: {exc}"
+    spawned = _spawn(cmd, pipe_stdout=False)
+    if isinstance(spawned, str):
+        return spawned
+    proc, output = spawned
     running = RunningServer(Server(name, tuple(cmd), kind), proc, "127.0.0.1", port, output)
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if (failure := running.failure()) is not None:
-            stop_server(running)
-            return failure
-        if ready(port):
-            return running
-        time.sleep(0.05)  # a poll interval: the server has no line to wait for
+    reason = f"{name} did not {waiting_for} within {timeout:g} s"
+    try:
+        while time.monotonic() < deadline:
+            if (failure := running.failure()) is not None:
+                reason = failure
+                break
+            if ready(port):
+                return running
+            time.sleep(0.05)  # a poll interval: the server has no line to wait for
+    except BaseException:  # interrupted: stop it, as start_server does
+        stop_server(running)
+        raise
     stop_server(running)
-    return f"{name} did not {waiting_for} within {timeout:g} s"
+    return reason
 
 
 def stop_server(running: RunningServer) -> str:
@@ -362,6 +382,18 @@ def cpu_seconds(pid: int) -> float | None:
         return None
 
 
+def busy_before_run(advice: str = "") -> float | None:
+    """:func:`machine_busy`, with a warning on stderr (then ``advice``) when over :data:`BUSY`."""
+    busy = machine_busy()
+    if busy is not None and busy > BUSY:
+        print(
+            f"warning: the machine is {busy:.0%} busy before the run (other processes); "
+            f"expect noisy numbers{advice}",
+            file=sys.stderr,
+        )
+    return busy
+
+
 def machine_busy(seconds: float = 0.5) -> float | None:
     """The share of all cores busy over a short sample (Linux), or None when unknown."""
 
@@ -377,3 +409,22 @@ def machine_busy(seconds: float = 0.5) -> float | None:
     except (OSError, ValueError, IndexError):
         return None
     return 1 - (idle1 - idle0) / (total1 - total0) if total1 > total0 else None
+
+
+def raise_open_files(needed: int) -> tuple[bool, str]:
+    """Raise this process's soft open-files limit to ``needed`` (children inherit it).
+
+    Returns whether the limit is now at least ``needed``, and what happened, in words.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= needed:
+        return True, f"open-files limit {soft}"
+    target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError) as exc:
+        return False, f"open-files limit {soft}: cannot raise it to {needed} ({exc})"
+    if target < needed:
+        now = f"raised from {soft} to {target}" if target > soft else str(soft)
+        return False, f"open-files limit {now} only (the hard limit); {needed} wanted"
+    return True, f"open-files limit raised from {soft} to {target}"

@@ -51,13 +51,13 @@
 #include <time.h>
 #include <unistd.h>
 
+#define PROG "fanout"
+#include "common.h" /* shared with loadgen.c: clocks, histogram, number parsers, WARN */
+
 #define READ_BUF_SIZE (256 * 1024)
 #define LINE_CAP (64 * 1024) /* longest line kept across reads */
 #define MAX_EVENTS 1024
-#define SUB_BITS 6 /* latency histogram: as loadgen.c, under 1.6 % error */
-#define SUB_COUNT (1u << SUB_BITS)
-#define MAX_EXP 40
-#define HIST_SIZE ((MAX_EXP - SUB_BITS + 2) * SUB_COUNT)
+#define MAX_OPTION_VALUE 1e7 /* the largest rate or time an option accepts */
 
 enum proto { P_CHAT, P_REDIS };
 enum state { S_IDLE, S_CONNECTING, S_HELLO, S_READY, S_CLOSED };
@@ -92,9 +92,6 @@ static int nconns;
 static int epfd, tfd;
 static enum phase phase = PH_SETUP;
 static char rbuf[READ_BUF_SIZE + LINE_CAP];
-static uint64_t hist[HIST_SIZE];
-static uint64_t lat_count, lat_max_ns;
-static double lat_sum_ns;
 static uint64_t deliveries, gaps, reordered, unexpected, notices, bad_sender;
 static uint64_t conn_errors, connect_failures, closed_receivers;
 static uint64_t *sent_by; /* messages queued per sender */
@@ -103,76 +100,7 @@ static uint64_t t_send_start, t_send_end, t_last_delivery;
 static int opened, pending, ready_receivers, ready_senders, synced;
 static int warnings_left = 8;
 
-#define WARN(...)                                                                              \
-    do {                                                                                       \
-        if (warnings_left > 0) {                                                               \
-            warnings_left--;                                                                   \
-            fprintf(stderr, __VA_ARGS__);                                                      \
-        }                                                                                      \
-    } while (0)
-
-static uint64_t now_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
-static void on_alarm(int sig) {
-    (void)sig;
-    static const char msg[] = "{\"ok\": false, \"error\": \"fanout hard time limit reached\"}\n";
-    ssize_t r = write(1, msg, sizeof msg - 1);
-    (void)r;
-    _exit(4);
-}
-
-/* ---- latency histogram (as in loadgen.c) ---- */
-
-static unsigned hist_index(uint64_t v) {
-    if (v < 2 * SUB_COUNT) return (unsigned)v;
-    unsigned msb = 63u - (unsigned)__builtin_clzll(v);
-    if (msb > MAX_EXP) return HIST_SIZE - 1;
-    unsigned e = msb - SUB_BITS;
-    return (e + 1) * SUB_COUNT + (unsigned)((v >> e) - SUB_COUNT);
-}
-
-static double hist_value(unsigned idx) {
-    if (idx < 2 * SUB_COUNT) return (double)idx;
-    unsigned e = idx / SUB_COUNT - 1;
-    uint64_t low = (uint64_t)(idx % SUB_COUNT + SUB_COUNT) << e;
-    return (double)low + (double)((1ull << e) - 1) / 2.0;
-}
-
-static void hist_record(uint64_t ns) {
-    hist[hist_index(ns)]++;
-    lat_count++;
-    lat_sum_ns += (double)ns;
-    if (ns > lat_max_ns) lat_max_ns = ns;
-}
-
-static double hist_percentile_us(double p) {
-    if (lat_count == 0) return 0.0;
-    uint64_t rank = (uint64_t)ceil(p * (double)lat_count);
-    if (rank < 1) rank = 1;
-    uint64_t seen = 0;
-    for (unsigned i = 0; i < HIST_SIZE; i++) {
-        seen += hist[i];
-        if (seen >= rank) {
-            double v = hist_value(i);
-            if (v > (double)lat_max_ns) v = (double)lat_max_ns;
-            return v / 1000.0;
-        }
-    }
-    return (double)lat_max_ns / 1000.0;
-}
-
 /* ---- CPU accounting ---- */
-
-static double self_cpu_seconds(void) {
-    struct rusage ru;
-    getrusage(RUSAGE_SELF, &ru);
-    return (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6 +
-           (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6;
-}
 
 /* CPU seconds used by a process and all its threads so far, or -1. */
 static double pid_cpu_seconds(int pid) {
@@ -547,11 +475,7 @@ static void print_result(const char *error, double setup_s, double client_cpu, d
            (unsigned long long)missing, (unsigned long long)reordered);
     printf("\"seconds\": %.6f, \"delivered_per_s\": %.1f, \"drain_seconds\": %.3f, ", seconds,
            seconds > 0 ? (double)deliveries / seconds : 0.0, drained_s);
-    printf("\"p50_us\": %.1f, \"p90_us\": %.1f, \"p99_us\": %.1f, \"p999_us\": %.1f, "
-           "\"max_us\": %.1f, \"mean_us\": %.1f, ",
-           hist_percentile_us(0.50), hist_percentile_us(0.90), hist_percentile_us(0.99),
-           hist_percentile_us(0.999), (double)lat_max_ns / 1000.0,
-           lat_count ? lat_sum_ns / (double)lat_count / 1000.0 : 0.0);
+    print_latency_json();
     printf("\"per_receiver_min\": %llu, \"per_receiver_max\": %llu, ", (unsigned long long)rmin,
            (unsigned long long)rmax);
     printf("\"unexpected\": %llu, \"malformed\": %llu, \"notices\": %llu, \"conn_errors\": %llu, "
@@ -586,26 +510,6 @@ static void usage(FILE *f) {
             "  --drain-timeout SEC    wait after the last send for the deliveries (default 10)\n"
             "  --watch-pid PID        report that process's CPU use while sending and draining\n"
             "Prints one JSON line: deliveries/s, latency percentiles, losses, CPU use.\n");
-}
-
-static double parse_double(const char *s, const char *name) {
-    char *end;
-    double v = strtod(s, &end);
-    if (*s == '\0' || *end != '\0' || !(v >= 0) || v > 1e7) {
-        fprintf(stderr, "fanout: bad %s: %s\n", name, s);
-        exit(2);
-    }
-    return v;
-}
-
-static long parse_long(const char *s, const char *name, long lo, long hi) {
-    char *end;
-    long v = strtol(s, &end, 10);
-    if (*s == '\0' || *end != '\0' || v < lo || v > hi) {
-        fprintf(stderr, "fanout: bad %s: %s (allowed %ld..%ld)\n", name, s, lo, hi);
-        exit(2);
-    }
-    return v;
 }
 
 static void parse_args(int argc, char **argv) {
@@ -650,13 +554,13 @@ static void parse_args(int argc, char **argv) {
             break;
         case 'n': opt.receivers = (int)parse_long(optarg, "receivers", 1, 100000); break;
         case 'S': opt.senders = (int)parse_long(optarg, "senders", 1, 1000); break;
-        case 'r': opt.rate = parse_double(optarg, "rate"); break;
-        case 't': opt.duration = parse_double(optarg, "duration"); break;
+        case 'r': opt.rate = parse_double(optarg, "rate", MAX_OPTION_VALUE); break;
+        case 't': opt.duration = parse_double(optarg, "duration", MAX_OPTION_VALUE); break;
         case O_COUNT: opt.count = parse_long(optarg, "count", 1, 100000000L); break;
         case 's': opt.size = parse_long(optarg, "size", 0, 16384); break;
         case O_BATCH: opt.batch = (int)parse_long(optarg, "connect-batch", 1, 100000); break;
-        case O_SETUP: opt.setup_timeout = parse_double(optarg, "setup-timeout"); break;
-        case O_DRAIN: opt.drain_timeout = parse_double(optarg, "drain-timeout"); break;
+        case O_SETUP: opt.setup_timeout = parse_double(optarg, "setup-timeout", MAX_OPTION_VALUE); break;
+        case O_DRAIN: opt.drain_timeout = parse_double(optarg, "drain-timeout", MAX_OPTION_VALUE); break;
         case O_PID: opt.watch_pid = (int)parse_long(optarg, "watch-pid", 1, 1L << 30); break;
         case 'h': usage(stdout); exit(0);
         default: usage(stderr); exit(2);
@@ -755,7 +659,7 @@ int main(int argc, char **argv) {
             phase = PH_SEND;
             t_send_start = t;
             send_deadline = t + (uint64_t)(opt.duration * 1e9);
-            cpu0 = self_cpu_seconds();
+            cpu0 = cpu_seconds();
             server_cpu0 = pid_cpu_seconds(opt.watch_pid);
             uint64_t period = (uint64_t)(1e9 / opt.rate);
             if (period < 100000) period = 100000;
@@ -837,7 +741,7 @@ int main(int argc, char **argv) {
     if (t_send_start) {
         double wall = (double)(t_end - t_send_start) / 1e9;
         if (wall > 0) {
-            client_cpu = (self_cpu_seconds() - cpu0) / wall;
+            client_cpu = (cpu_seconds() - cpu0) / wall;
             double s1 = pid_cpu_seconds(opt.watch_pid);
             if (server_cpu0 >= 0 && s1 >= 0) server_cpu = (s1 - server_cpu0) / wall;
         }

@@ -56,15 +56,13 @@
 #include <openssl/ssl.h>
 #endif
 
+#define PROG "loadgen"
+#include "common.h" /* shared with fanout.c: clocks, histogram, number parsers, WARN */
+
 #define READ_BUF_SIZE (256 * 1024)
 #define MAX_IOV 64
 #define MAX_EVENTS 256
-/* Latency histogram: log-linear buckets of nanoseconds, 64 sub-buckets per power of two
- * (relative error under 1.6 %), up to 2^40 ns (about 18 minutes). */
-#define SUB_BITS 6
-#define SUB_COUNT (1u << SUB_BITS)
-#define MAX_EXP 40
-#define HIST_SIZE ((MAX_EXP - SUB_BITS + 2) * SUB_COUNT)
+#define MAX_SECONDS 86400 /* the longest time option accepted */
 
 enum phase { PH_CONNECT, PH_SETTLE, PH_WARMUP, PH_MEASURE, PH_DONE };
 
@@ -117,9 +115,6 @@ static uint32_t expected_len;
 static uint8_t rbuf[READ_BUF_SIZE];
 
 static enum phase phase = PH_CONNECT;
-static uint64_t hist[HIST_SIZE];
-static uint64_t lat_count, lat_max_ns;
-static double lat_sum_ns;
 static uint64_t replies_total, reply_bytes, discarded, unexpected, mismatches;
 static uint64_t conn_errors, connect_failures;
 static int epfd;
@@ -133,77 +128,7 @@ static uint64_t frames_count;
 static char tls_version[32], tls_cipher[64];
 #endif
 
-#define WARN(...)                                                                              \
-    do {                                                                                       \
-        if (warnings_left > 0) {                                                               \
-            warnings_left--;                                                                   \
-            fprintf(stderr, __VA_ARGS__);                                                      \
-        }                                                                                      \
-    } while (0)
-
 static double cpu_share; /* CPU time used while measuring / the measured time */
-
-static double cpu_seconds(void) {
-    struct rusage ru;
-    if (getrusage(RUSAGE_SELF, &ru) != 0) return 0.0;
-    return (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
-           (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
-}
-
-static uint64_t now_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
-static void on_alarm(int sig) {
-    (void)sig;
-    static const char msg[] = "{\"ok\": false, \"error\": \"loadgen hard time limit reached\"}\n";
-    ssize_t r = write(1, msg, sizeof msg - 1);
-    (void)r;
-    _exit(4);
-}
-
-/* ---- latency histogram ---- */
-
-static unsigned hist_index(uint64_t v) {
-    if (v < 2 * SUB_COUNT) return (unsigned)v;
-    unsigned msb = 63u - (unsigned)__builtin_clzll(v);
-    if (msb > MAX_EXP) return HIST_SIZE - 1;
-    unsigned e = msb - SUB_BITS; /* v >> e lies in [SUB_COUNT, 2 * SUB_COUNT) */
-    return (e + 1) * SUB_COUNT + (unsigned)((v >> e) - SUB_COUNT);
-}
-
-/* Middle of the bucket's range, in nanoseconds. */
-static double hist_value(unsigned idx) {
-    if (idx < 2 * SUB_COUNT) return (double)idx;
-    unsigned e = idx / SUB_COUNT - 1;
-    uint64_t low = (uint64_t)(idx % SUB_COUNT + SUB_COUNT) << e;
-    return (double)low + (double)((1ull << e) - 1) / 2.0;
-}
-
-static void hist_record(uint64_t ns) {
-    hist[hist_index(ns)]++;
-    lat_count++;
-    lat_sum_ns += (double)ns;
-    if (ns > lat_max_ns) lat_max_ns = ns;
-}
-
-static double hist_percentile_us(double p) {
-    if (lat_count == 0) return 0.0;
-    uint64_t rank = (uint64_t)ceil(p * (double)lat_count);
-    if (rank < 1) rank = 1;
-    uint64_t seen = 0;
-    for (unsigned i = 0; i < HIST_SIZE; i++) {
-        seen += hist[i];
-        if (seen >= rank) {
-            double v = hist_value(i);
-            if (v > (double)lat_max_ns) v = (double)lat_max_ns;
-            return v / 1000.0;
-        }
-    }
-    return (double)lat_max_ns / 1000.0;
-}
 
 /* ---- connections ---- */
 
@@ -497,26 +422,6 @@ static void usage(FILE *f) {
             "Prints one JSON line with requests/s, MB/s, latency percentiles and fairness.\n");
 }
 
-static double parse_double(const char *s, const char *name) {
-    char *end;
-    double v = strtod(s, &end);
-    if (*s == '\0' || *end != '\0' || !(v >= 0) || v > 86400) {
-        fprintf(stderr, "loadgen: bad %s: %s\n", name, s);
-        exit(2);
-    }
-    return v;
-}
-
-static long parse_long(const char *s, const char *name, long lo, long hi) {
-    char *end;
-    long v = strtol(s, &end, 10);
-    if (*s == '\0' || *end != '\0' || v < lo || v > hi) {
-        fprintf(stderr, "loadgen: bad %s: %s (allowed %ld..%ld)\n", name, s, lo, hi);
-        exit(2);
-    }
-    return v;
-}
-
 static void parse_args(int argc, char **argv) {
     enum {
         O_HOST = 256, O_PORT, O_SETTLE, O_PREFIX, O_FILE, O_NOVERIFY, O_AFTER, O_MAXF, O_CTO,
@@ -551,15 +456,15 @@ static void parse_args(int argc, char **argv) {
         case 'c': opt.connections = (int)parse_long(optarg, "connections", 1, 10000); break;
         case 's': opt.size = parse_long(optarg, "size", 0, 1L << 30); break;
         case 'd': opt.depth = (int)parse_long(optarg, "depth", 1, 4096); break;
-        case 't': opt.duration = parse_double(optarg, "duration"); break;
-        case 'w': opt.warmup = parse_double(optarg, "warmup"); break;
-        case O_SETTLE: opt.settle = parse_double(optarg, "settle"); break;
+        case 't': opt.duration = parse_double(optarg, "duration", MAX_SECONDS); break;
+        case 'w': opt.warmup = parse_double(optarg, "warmup", MAX_SECONDS); break;
+        case O_SETTLE: opt.settle = parse_double(optarg, "settle", MAX_SECONDS); break;
         case O_PREFIX: opt.prefix = optarg; break;
         case O_FILE: opt.payload_file = optarg; break;
         case O_NOVERIFY: opt.verify = 0; break;
         case O_AFTER: opt.after_prefix = 1; break;
         case O_MAXF: opt.max_frame = (uint32_t)parse_long(optarg, "max-frame", 0, 0xffffffffL); break;
-        case O_CTO: opt.connect_timeout = parse_double(optarg, "connect-timeout"); break;
+        case O_CTO: opt.connect_timeout = parse_double(optarg, "connect-timeout", MAX_SECONDS); break;
         case O_TLS: opt.tls = 1; break;
         case O_TLS_CA: opt.tls_ca = optarg; break;
         case O_TLS_NAME: opt.tls_server_name = optarg; break;
@@ -653,11 +558,7 @@ static void print_result(struct conn *conns, double seconds, int alive, const ch
     if (error) printf("\"error\": \"%s\", ", error);
     printf("\"requests\": %llu, \"seconds\": %.6f, \"rps\": %.1f, \"mb_s\": %.3f, ",
            (unsigned long long)replies_total, seconds, rps, mbs);
-    printf("\"p50_us\": %.1f, \"p90_us\": %.1f, \"p99_us\": %.1f, \"p999_us\": %.1f, "
-           "\"max_us\": %.1f, \"mean_us\": %.1f, ",
-           hist_percentile_us(0.50), hist_percentile_us(0.90), hist_percentile_us(0.99),
-           hist_percentile_us(0.999), (double)lat_max_ns / 1000.0,
-           lat_count ? lat_sum_ns / (double)lat_count / 1000.0 : 0.0);
+    print_latency_json();
     printf("\"errors\": %llu, \"connect_failures\": %llu, \"conn_errors\": %llu, "
            "\"mismatches\": %llu, \"unexpected_frames\": %llu, \"discarded_frames\": %llu, ",
            (unsigned long long)(connect_failures + conn_errors + mismatches),
