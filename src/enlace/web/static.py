@@ -492,7 +492,7 @@ def _byte_range(header: bytes, size: int) -> tuple[int, int] | str | None:
     if unit.strip().lower() != "bytes" or "," in spec:
         return None  # other units and multiple ranges: the whole file (RFC 9110 allows it)
     first, dash, last = spec.strip().partition("-")
-    if not dash or not (first.isdigit() or first == "") or not (last.isdigit() or last == ""):
+    if not dash or not _number_or_empty(first) or not _number_or_empty(last):
         return None
     if first == "":
         if last == "" or int(last) == 0:
@@ -506,6 +506,11 @@ def _byte_range(header: bytes, size: int) -> tuple[int, int] | str | None:
     if end < start:
         return None  # invalid: ignored
     return start, end - start + 1
+
+
+def _number_or_empty(text: str) -> bool:
+    # ASCII digits only: str.isdigit() also takes "\u00b2" (a Latin-1 byte), which int() refuses.
+    return text.isascii() and (text.isdigit() or not text)
 
 
 def _error(status: int) -> Reply:
