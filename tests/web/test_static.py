@@ -133,6 +133,13 @@ def test_unsatisfiable_range_is_416_and_odd_ranges_give_the_whole_file(web, site
     for whole in odd:
         response = get(server.address, "/data.bin", {"Range": whole})
         assert (response.status, len(response.body)) == (200, 1024), whole
+    # A position of thousands of digits is past the end like any other (int() refuses it).
+    huge = "9" * 5000
+    assert get(server.address, "/data.bin", {"Range": f"bytes={huge}-"}).status == 416
+    to_the_end = get(server.address, "/data.bin", {"Range": f"bytes=1000-{huge}"})
+    assert (to_the_end.status, to_the_end.body) == (206, (bytes(range(256)) * 4)[1000:])
+    suffix = get(server.address, "/data.bin", {"Range": f"bytes=-{huge}"})
+    assert (suffix.status, len(suffix.body)) == (206, 1024)
 
 
 def test_if_range_with_a_stale_validator_gives_the_whole_file(web, site):
