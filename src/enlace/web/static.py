@@ -203,7 +203,7 @@ class StaticFiles:
         if len(self._hot) >= _HOT_ENTRIES:
             self._hot.clear()
         fields = "".join(f"{name}: {value}\r\n" for name, value in reply.headers)
-        fields += f"Content-Length: {reply.length if reply.fd is not None else len(reply.body)}\r\n"
+        fields += f"Content-Length: {reply.content_length}\r\n"
         shared = Reply(
             200,
             reply.headers,
