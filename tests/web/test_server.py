@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import threading
 import time
@@ -147,6 +148,37 @@ def test_shutdown_lets_a_download_finish_closes_idle_ones_and_says_goodbye_to_up
         connect(server.address, timeout=1)
     for conn in (idle, upgraded, downloading):
         conn.sock.close()
+
+
+class ForgetfulEndpoint(StubEndpoint):
+    """A broken endpoint: its protocol never calls ``on_close``, so the server never sees it go."""
+
+    def upgrade(
+        self,
+        transport: asyncio.Transport,
+        head: bytes,
+        rest: bytes,
+        *,
+        on_close: Callable[[], None],
+    ) -> asyncio.BaseProtocol:
+        transport.write(b"HTTP/1.1 101 Switching Protocols\r\n\r\n")
+        return asyncio.Protocol()
+
+
+def test_shutdown_ends_even_when_an_endpoint_never_says_its_connection_is_gone(web, tmp_path):
+    server = web(tmp_path, websocket=ForgetfulEndpoint())
+    with Conn(server.address) as conn:
+        conn.send(UPGRADE)
+        assert conn.response(head_only=True).status == 101
+        started = time.monotonic()
+        # The drain times out, the connection is dropped, and after 1 s more the
+        # server stops waiting for an on_close() that never comes.
+        server.shutdown(0.05)
+        assert time.monotonic() - started < 3
+        with contextlib.suppress(ConnectionResetError):  # a reset is a close all the same
+            assert conn.sock.recv(1) == b""
+    with pytest.raises(OSError):
+        connect(server.address, timeout=1)
 
 
 def test_the_home_page_lists_the_services_it_is_given(web):

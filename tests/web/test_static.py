@@ -120,9 +120,26 @@ def test_unsatisfiable_range_is_416_and_odd_ranges_give_the_whole_file(web, site
     refused = get(server.address, "/data.bin", {"Range": "bytes=5000-"})
     assert refused.status == 416
     assert refused.headers["content-range"] == "bytes */1024"
-    for whole in ("bytes=0-1,5-6", "items=0-1", "bytes=9-2", "bytes=x-y"):
+    # "\u00b2" and "\u00b9" (superscript 2 and 1, one byte each in Latin-1) pass
+    # str.isdigit() but not int(): no 500 for them either.
+    odd = (
+        "bytes=0-1,5-6",
+        "items=0-1",
+        "bytes=9-2",
+        "bytes=x-y",
+        "bytes=\u00b2-",
+        "bytes=0-\u00b9",
+    )
+    for whole in odd:
         response = get(server.address, "/data.bin", {"Range": whole})
         assert (response.status, len(response.body)) == (200, 1024), whole
+    # A position of thousands of digits is past the end like any other (int() refuses it).
+    huge = "9" * 5000
+    assert get(server.address, "/data.bin", {"Range": f"bytes={huge}-"}).status == 416
+    to_the_end = get(server.address, "/data.bin", {"Range": f"bytes=1000-{huge}"})
+    assert (to_the_end.status, to_the_end.body) == (206, (bytes(range(256)) * 4)[1000:])
+    suffix = get(server.address, "/data.bin", {"Range": f"bytes=-{huge}"})
+    assert (suffix.status, len(suffix.body)) == (206, 1024)
 
 
 def test_if_range_with_a_stale_validator_gives_the_whole_file(web, site):

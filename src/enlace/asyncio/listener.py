@@ -4,6 +4,10 @@ A plain port is the loop's own ``create_server``; a TLS port is a
 :class:`~enlace.asyncio.tlsaccept.TLSAcceptor`, which accepts by itself so
 that a plain client can be told what is wrong. Either way the server sees one
 object: its address, and a stop that works around a Python 3.11 bug (below).
+
+:class:`ListeningServer` is what :class:`enlace.asyncio.Server` and
+:class:`enlace.web.WebServer` build on: the listener, the set of connections
+and the shutdown that drains them, so that both stop the same way.
 """
 
 from __future__ import annotations
@@ -12,14 +16,24 @@ import asyncio
 import asyncio.selector_events
 import logging
 import ssl as _ssl
+from abc import ABC, abstractmethod
 from collections.abc import Callable
+from types import TracebackType
+from typing import Generic, Self, TypeVar
 
 from enlace.asyncio.tlsaccept import TLSAcceptor
+from enlace.exceptions import EnlaceError
 from enlace.limits import MAX_CONNECTIONS
 from enlace.policy import ConnectionPolicy
 from enlace.sockets import listen_tcp, peer_address
 
-__all__ = ["Listener"]
+__all__ = ["Listener", "ListeningServer"]
+
+_C = TypeVar("_C")
+
+# Once the drain timeout is over: how long the connections left have to end after
+# being closed, and then after being aborted, before shutdown stops waiting for them.
+_CLOSE_GRACE = 1.0
 
 
 class Listener:
@@ -94,3 +108,143 @@ class Listener:
         """Wait until the loop has let go of the listening socket."""
         if self._server is not None:
             await self._server.wait_closed()
+
+
+class ListeningServer(ABC, Generic[_C]):
+    """A server on the running loop: listening, its connections, and their drain at shutdown.
+
+    A subclass sets the attributes annotated below in its ``__init__``, calls
+    :meth:`_listen` from :meth:`start`, and says how to close one of its
+    connections. Its connections add themselves to ``_connections`` when made
+    (counting in ``_active`` those served) and, when lost, discard themselves and
+    set ``_drained`` once the set is empty.
+    """
+
+    host: str
+    port: int
+    backlog: int
+    ssl: _ssl.SSLContext | None
+    handshake_timeout: float | None
+    max_connections: int | None
+    drain_timeout: float | None
+    policy: ConnectionPolicy
+    _loop: asyncio.AbstractEventLoop
+
+    def __init__(self) -> None:
+        self._listener: Listener | None = None
+        self._connections: set[_C] = set()
+        self._active = 0  # connections counted against max_connections (not refused ones)
+        self._shutting_down = False
+        self._drained: asyncio.Event | None = None
+        self._stopped: asyncio.Event | None = None
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The address actually listened on (the real port when 0 was asked for)."""
+        if self._listener is None:
+            raise EnlaceError("the server is not started")
+        return self._listener.address
+
+    @property
+    def connection_count(self) -> int:
+        """Connections being served right now (refused ones not counted)."""
+        return self._active
+
+    @abstractmethod
+    async def start(self) -> None:
+        """Listen and start accepting; returns once the port is open."""
+
+    async def _listen(
+        self,
+        protocol_factory: Callable[[], asyncio.BaseProtocol],
+        *,
+        plain_answer: Callable[[bytes], bytes],
+        logger: logging.Logger,
+    ) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stopped = asyncio.Event()
+        self._listener = Listener(
+            self.host,
+            self.port,
+            protocol_factory,
+            backlog=self.backlog,
+            ssl=self.ssl,
+            plain_answer=plain_answer,
+            policy=self.policy,
+            logger=logger,
+            max_connections=self.max_connections,
+            handshake_timeout=self.handshake_timeout,
+        )
+        await self._listener.start()
+
+    async def serve_forever(self) -> None:
+        """Start if needed, then wait until :meth:`shutdown` is called."""
+        await self.start()
+        assert self._stopped is not None
+        await self._stopped.wait()
+
+    async def shutdown(self, drain_timeout: float | None = -1.0) -> None:
+        """Stop accepting, let the connections finish, then close the rest.
+
+        ``drain_timeout`` (negative: the server's) bounds the wait; ``None`` waits
+        for ever. The connections left are then closed, and those still there
+        after 1 s aborted. A call while a shutdown runs waits for it to end.
+        """
+        if self._listener is None:
+            return
+        assert self._stopped is not None
+        if self._shutting_down:
+            await self._stopped.wait()
+            return
+        if drain_timeout is not None and drain_timeout < 0:
+            drain_timeout = self.drain_timeout
+        self._shutting_down = True
+        try:
+            await self._listener.stop()
+            self._drained = asyncio.Event()
+            for connection in list(self._connections):
+                self._drain(connection)
+            if not await self._wait_drained(drain_timeout):
+                for connection in list(self._connections):
+                    self._force_close(connection)
+                if not await self._wait_drained(_CLOSE_GRACE):
+                    for connection in list(self._connections):
+                        self._abort(connection)
+            await self._listener.wait_closed()
+        finally:
+            self._stopped.set()
+
+    async def _wait_drained(self, timeout: float | None) -> bool:
+        """Whether every connection ended within ``timeout`` seconds."""
+        assert self._drained is not None
+        self._drained.clear()
+        if not self._connections:
+            return True
+        try:
+            await asyncio.wait_for(self._drained.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    def _drain(self, connection: _C) -> None:
+        """Shutdown has begun: let ``connection`` know (by default it is left to finish)."""
+
+    @abstractmethod
+    def _force_close(self, connection: _C) -> None:
+        """The drain timeout is over: close ``connection``."""
+
+    def _abort(self, connection: _C) -> None:
+        """``connection`` did not end within 1 s of :meth:`_force_close`: drop it."""
+        self._force_close(connection)
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.shutdown()

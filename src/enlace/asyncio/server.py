@@ -19,11 +19,9 @@ import asyncio
 import logging
 import ssl as _ssl
 import threading
-from types import TracebackType
 
 from enlace.asyncio.connection import Connection, connection_class
-from enlace.asyncio.listener import Listener
-from enlace.exceptions import EnlaceError
+from enlace.asyncio.listener import ListeningServer
 from enlace.limits import (
     DRAIN_TIMEOUT,
     IDLE_TIMEOUT,
@@ -42,7 +40,7 @@ from enlace.tls import tls_required_answer
 __all__ = ["Server"]
 
 
-class Server:
+class Server(ListeningServer[Connection]):
     """Serve a :class:`~enlace.services.base.StreamService` on the running event loop.
 
     Use it as an async context manager, or call :meth:`start` and :meth:`shutdown`::
@@ -69,6 +67,7 @@ class Server:
         max_per_ip: int | None = MAX_PER_IP,
         policy: ConnectionPolicy | None = None,
     ) -> None:
+        super().__init__()
         self.service = service
         #: TLS context (see :func:`enlace.tls.server_context`); None serves plain TCP.
         self.ssl = ssl
@@ -84,92 +83,20 @@ class Server:
         self.slow_timeout = slow_timeout
         self.backlog = backlog
         self.logger: logging.Logger = logger_for(service.name)
-        self._listener: Listener | None = None
-        self._connections: set[Connection] = set()
-        self._active = 0  # connections counted against max_connections (not refused ones)
         self._read_buffer = memoryview(bytearray(READ_SIZE))
-        self._shutting_down = False
-        self._drained: asyncio.Event | None = None
-        self._stopped: asyncio.Event | None = None
-        self._loop: asyncio.AbstractEventLoop
-
-    @property
-    def address(self) -> tuple[str, int]:
-        """The address actually listened on (the real port when 0 was asked for)."""
-        if self._listener is None:
-            raise EnlaceError("the server is not started")
-        return self._listener.address
-
-    @property
-    def connection_count(self) -> int:
-        """Connections being served right now."""
-        return self._active
 
     async def start(self) -> None:
         """Listen and start accepting; returns once the port is open."""
         if self._listener is not None:
             return
-        self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
-        self._stopped = asyncio.Event()
-        connection = connection_class(self._loop)
-        self._listener = Listener(
-            self.host,
-            self.port,
-            lambda: connection(self),
-            backlog=self.backlog,
-            ssl=self.ssl,
-            plain_answer=tls_required_answer,
-            policy=self.policy,
-            logger=self.logger,
-            max_connections=self.max_connections,
-            handshake_timeout=self.handshake_timeout,
+        connection = connection_class(asyncio.get_running_loop())
+        await self._listen(
+            lambda: connection(self), plain_answer=tls_required_answer, logger=self.logger
         )
-        await self._listener.start()
 
-    async def serve_forever(self) -> None:
-        """Start if needed, then wait until :meth:`shutdown` is called."""
-        await self.start()
-        assert self._stopped is not None
-        await self._stopped.wait()
+    def _force_close(self, connection: Connection) -> None:
+        connection.force_close("server shutting down")
 
-    async def shutdown(self, drain_timeout: float | None = -1.0) -> None:
-        """Stop accepting, let connections finish, then close the rest.
-
-        ``drain_timeout`` defaults to the server's; ``None`` waits for ever.
-        """
-        if self._listener is None:
-            return
-        if drain_timeout is not None and drain_timeout < 0:
-            drain_timeout = self.drain_timeout
-        self._shutting_down = True
-        await self._listener.stop()
-        if self._connections:
-            self._drained = asyncio.Event()
-            try:
-                await asyncio.wait_for(self._drained.wait(), drain_timeout)
-            except TimeoutError:
-                for connection in list(self._connections):
-                    connection.force_close("server shutting down")
-                self._drained.clear()
-                if self._connections:
-                    try:
-                        await asyncio.wait_for(self._drained.wait(), 1.0)
-                    except TimeoutError:
-                        for connection in list(self._connections):
-                            connection.abort()
-        await self._listener.wait_closed()
-        assert self._stopped is not None
-        self._stopped.set()
-
-    async def __aenter__(self) -> Server:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.shutdown()
+    def _abort(self, connection: Connection) -> None:
+        connection.abort()

@@ -22,10 +22,9 @@ import os
 import ssl as _ssl
 import threading
 from collections.abc import Callable, Sequence
-from types import TracebackType
 from typing import Protocol
 
-from enlace.asyncio.listener import Listener
+from enlace.asyncio.listener import ListeningServer
 from enlace.exceptions import EnlaceError
 from enlace.limits import (
     DRAIN_TIMEOUT,
@@ -100,7 +99,7 @@ def plain_http_answer(first: bytes) -> bytes:
     return head + body
 
 
-class WebServer:
+class WebServer(ListeningServer[HttpConnection]):
     """Serve static files (and a WebSocket endpoint) on the running event loop.
 
     ``root`` is the directory served; ``None`` serves the built-in site, whose
@@ -134,6 +133,7 @@ class WebServer:
         max_per_ip: int | None = MAX_PER_IP,
         policy: ConnectionPolicy | None = None,
     ) -> None:
+        super().__init__()
         self.builtin = root is None
         self.root = SITE if root is None else root
         try:
@@ -158,15 +158,8 @@ class WebServer:
         self.handshake_timeout = handshake_timeout
         #: Who may connect; built from ``allow`` and ``max_per_ip`` unless given.
         self.policy = policy or ConnectionPolicy(allow, max_per_ip=max_per_ip)
-        self._listener: Listener | None = None
-        self._connections: set[HttpConnection] = set()
-        self._active = 0
-        self._shutting_down = False
-        self._drained: asyncio.Event | None = None
-        self._stopped: asyncio.Event | None = None
         self._clock = Clock()
         self._log_requests = False
-        self._loop: asyncio.AbstractEventLoop
         self.set_services(())
 
     def set_services(self, services: Sequence[ServiceInfo]) -> None:
@@ -177,72 +170,20 @@ class WebServer:
             page = render_home(file.read(), services)
         self.files.pages = {"/": page, "/index.html": page}
 
-    @property
-    def address(self) -> tuple[str, int]:
-        """The address actually listened on (the real port when 0 was asked for)."""
-        if self._listener is None:
-            raise EnlaceError("the server is not started")
-        return self._listener.address
-
-    @property
-    def connection_count(self) -> int:
-        """Connections being served right now (WebSocket ones included)."""
-        return self._active
-
     async def start(self) -> None:
         """Listen and start accepting; returns once the port is open."""
         if self._listener is not None:
             return
-        self._loop = asyncio.get_running_loop()
-        self._stopped = asyncio.Event()
         self._log_requests = LOGGER.isEnabledFor(logging.INFO)
-        self._listener = Listener(
-            self.host,
-            self.port,
-            lambda: HttpConnection(self),
-            backlog=self.backlog,
-            ssl=self.ssl,
-            plain_answer=plain_http_answer,
-            policy=self.policy,
-            logger=LOGGER,
-            max_connections=self.max_connections,
-            handshake_timeout=self.handshake_timeout,
+        await self._listen(
+            lambda: HttpConnection(self), plain_answer=plain_http_answer, logger=LOGGER
         )
-        await self._listener.start()
 
-    async def serve_forever(self) -> None:
-        """Start if needed, then wait until :meth:`shutdown` is called."""
-        await self.start()
-        assert self._stopped is not None
-        await self._stopped.wait()
+    def _drain(self, connection: HttpConnection) -> None:
+        connection.drain()  # idle ones close now, the others after their response
 
-    async def shutdown(self, drain_timeout: float | None = -1.0) -> None:
-        """Stop accepting; idle connections close now, the others after their response.
-
-        ``drain_timeout`` (default: the server's) bounds the wait; then the rest
-        are closed. ``None`` waits for ever.
-        """
-        if self._listener is None or self._shutting_down:
-            return
-        if drain_timeout is not None and drain_timeout < 0:
-            drain_timeout = self.drain_timeout
-        self._shutting_down = True
-        await self._listener.stop()
-        self._drained = asyncio.Event()
-        for connection in list(self._connections):
-            connection.drain()
-        if self._connections:
-            try:
-                await asyncio.wait_for(self._drained.wait(), drain_timeout)
-            except TimeoutError:
-                for connection in list(self._connections):
-                    connection.force_close()
-                self._drained.clear()
-                if self._connections:
-                    await asyncio.wait_for(self._drained.wait(), 1.0)
-        await self._listener.wait_closed()
-        assert self._stopped is not None
-        self._stopped.set()
+    def _force_close(self, connection: HttpConnection) -> None:
+        connection.force_close()
 
     def _gone(self, connection: HttpConnection) -> None:
         if connection not in self._connections:
@@ -253,18 +194,6 @@ class WebServer:
             self.policy.release(connection.peer)
         if not self._connections and self._drained is not None:
             self._drained.set()
-
-    async def __aenter__(self) -> WebServer:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.shutdown()
 
 
 class WebServerThread:

@@ -203,7 +203,7 @@ class StaticFiles:
         if len(self._hot) >= _HOT_ENTRIES:
             self._hot.clear()
         fields = "".join(f"{name}: {value}\r\n" for name, value in reply.headers)
-        fields += f"Content-Length: {reply.length if reply.fd is not None else len(reply.body)}\r\n"
+        fields += f"Content-Length: {reply.content_length}\r\n"
         shared = Reply(
             200,
             reply.headers,
@@ -492,20 +492,32 @@ def _byte_range(header: bytes, size: int) -> tuple[int, int] | str | None:
     if unit.strip().lower() != "bytes" or "," in spec:
         return None  # other units and multiple ranges: the whole file (RFC 9110 allows it)
     first, dash, last = spec.strip().partition("-")
-    if not dash or not (first.isdigit() or first == "") or not (last.isdigit() or last == ""):
+    if not dash or not _number_or_empty(first) or not _number_or_empty(last):
         return None
     if first == "":
-        if last == "" or int(last) == 0:
-            return "unsatisfiable" if last != "" else None
-        length = min(int(last), size)
-        return (size - length, length) if size else "unsatisfiable"
-    start = int(first)
+        if last == "":
+            return None
+        length = _position(last, size)
+        return (size - length, length) if length else "unsatisfiable"
+    start = _position(first, size)
     if start >= size:
         return "unsatisfiable"
-    end = min(int(last), size - 1) if last else size - 1
+    end = min(_position(last, size), size - 1) if last else size - 1
     if end < start:
         return None  # invalid: ignored
     return start, end - start + 1
+
+
+def _number_or_empty(text: str) -> bool:
+    # ASCII digits only: str.isdigit() also takes "\u00b2" (a Latin-1 byte), which int() refuses.
+    return text.isascii() and (text.isdigit() or not text)
+
+
+def _position(digits: str, size: int) -> int:
+    """A byte position of a range, at most ``size``: any larger one means the same."""
+    # Checked by length first: int() refuses a string of over 4300 digits (ValueError).
+    digits = digits.lstrip("0")
+    return size if len(digits) > len(str(size)) else min(int(digits or "0"), size)
 
 
 def _error(status: int) -> Reply:

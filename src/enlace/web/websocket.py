@@ -276,13 +276,7 @@ class WebSocketConnection(asyncio.Protocol):
 
     def close(self) -> None:
         """Close with 1001 (going away): the browser is told, then the connection ends."""
-        if _thread_id() != self._loop_thread:
-            self._loop.call_soon_threadsafe(self.close)
-            return
-        if self._gone:
-            return
-        self._ws.close(CloseCode.GOING_AWAY, "server shutting down", _monotonic())
-        self._flush()
+        self._close(CloseCode.GOING_AWAY, "server shutting down")
 
     # -- what the chat handler's Transport does ------------------------------------------
 
@@ -298,14 +292,13 @@ class WebSocketConnection(asyncio.Protocol):
         if not self._corked:
             self._flush()
 
-    def _close_chat(self) -> None:
+    def _close(self, code: CloseCode, reason: str) -> None:
         if _thread_id() != self._loop_thread:
-            self._loop.call_soon_threadsafe(self._close_chat)
+            self._loop.call_soon_threadsafe(self._close, code, reason)
             return
         if self._gone:
             return
-        # The chat ended this client (/quit, flooding, a broken request): a normal close.
-        self._ws.close(CloseCode.NORMAL, "closed by the chat", _monotonic())
+        self._ws.close(code, reason, _monotonic())
         if not self._corked:
             self._flush()
 
@@ -423,7 +416,8 @@ class _ChatTransport:
         self._connection._write(data)
 
     def close(self) -> None:
-        self._connection._close_chat()
+        # The chat ended this client (/quit, flooding, a broken request): a normal close.
+        self._connection._close(CloseCode.NORMAL, "closed by the chat")
 
     def pause_reading(self) -> None:
         self._connection._pause("handler")
