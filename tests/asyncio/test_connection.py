@@ -1,4 +1,4 @@
-"""The asyncio runtime's connection: its protocol flavour per loop, and the outbound limit.
+"""The asyncio runtime's connection: its protocol flavour per loop, the outbound limit, the end.
 
 Runs on asyncio's own loop and on uvloop (where installed), with real sockets on loopback.
 """
@@ -6,6 +6,7 @@ Runs on asyncio's own loop and on uvloop (where installed), with real sockets on
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import socket
@@ -146,3 +147,53 @@ def test_replies_past_a_small_outbound_limit_drop_the_client(serve, dropped):
     with connect(server.address) as other:
         other.sendall(b"g")
         assert len(read_exactly(other, CHUNK)) == CHUNK
+
+
+class _Stubborn(StreamService):
+    """Starts work that ignores cancellation; records what the handler hears, in order."""
+
+    name = "stubborn"
+
+    def __init__(self) -> None:
+        self.heard: list[str] = []
+        self.started = threading.Event()
+        self.ended = threading.Event()
+
+    def handler(self) -> StreamHandler:
+        return _StubbornHandler(self)
+
+
+class _StubbornHandler(StreamHandler):
+    def __init__(self, service: _Stubborn) -> None:
+        self.service = service
+
+    def data_received(self, data: bytes) -> None:
+        self.transport.call_async(self._work(), self._done)
+        self.service.started.set()
+
+    async def _work(self) -> str:
+        with contextlib.suppress(asyncio.CancelledError):  # finishes anyway, carelessly
+            await asyncio.sleep(10)
+        self.service.ended.set()
+        return "late"
+
+    def _done(self, result: object, error: BaseException | None) -> None:
+        self.service.heard.append("done")
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.service.heard.append("connection_lost")
+
+
+def test_no_callback_reaches_the_handler_after_connection_lost(serve, runtime):
+    service = _Stubborn()
+    server = serve(service)
+    with connect(server.address) as sock:
+        sock.sendall(b"go")
+        assert service.started.wait(5)
+    assert service.ended.wait(5)  # the work was cancelled when the client left, and ended
+    service.started.clear()
+    with connect(server.address) as sock:  # one more turn of the loop: callbacks have run
+        sock.sendall(b"go")
+        assert service.started.wait(5)
+    assert service.heard[0] == "connection_lost"
+    assert "done" not in service.heard

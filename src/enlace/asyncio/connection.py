@@ -76,6 +76,7 @@ class Connection(asyncio.BaseProtocol):
         self._timer: asyncio.TimerHandle | None = None
         self._slow_timer: asyncio.TimerHandle | None = None
         self._paused_by: set[str] = set()
+        self._lost = False  # connection_lost() has run
         self._tasks: set[asyncio.Task[Any]] = set()
         self._max_outbound = server.max_outbound
         # Whether _send must ask the transport how much output waits. Not while the
@@ -134,8 +135,10 @@ class Connection(asyncio.BaseProtocol):
         self, task: asyncio.Task[Any], done: Callable[[Any, BaseException | None], None]
     ) -> None:
         self._tasks.discard(task)
-        if task.cancelled():
-            return  # the connection is gone; nobody is waiting for the answer
+        # Gone: cancelled by connection_lost(), or finished anyway (work that caught the
+        # cancellation); either way the handler has been told the end and hears no more.
+        if task.cancelled() or self._lost:
+            return
         error = task.exception()
         self._call(done, None if error else task.result(), error)
 
@@ -252,6 +255,7 @@ class Connection(asyncio.BaseProtocol):
             self._slow_timer = None
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
         if self._timer is not None:
             self._timer.cancel()
         if self._slow_timer is not None:
