@@ -335,3 +335,20 @@ def test_a_stalled_hub_refuses_with_hub_busy_instead_of_queueing_without_bound(s
             person.close()
     finally:
         hub.close()
+
+
+def test_a_malformed_message_on_the_hub_is_ignored_and_costs_no_outage(chat_on, redis_server):
+    a = chat_on()
+    ana, carla = join(a, "ana"), join(a, "carla")
+    (hub,) = chat_on.hubs
+    with redis_server.client() as other:
+        # JSON, but not an event object: a room event, then a private message for ana.
+        other.publish("enlace:events", b"999\tgeneral\t0\n[1, 2]")
+        other.publish(f"enlace:server:{hub.server_id}:inbox", b"1\tana\n\"texto\"")
+    ana.send("sigue")
+    lines = carla.until("sigue")
+    assert lines[-1] == "[general] ana: sigue"
+    assert not any("chat hub" in line for line in lines)  # neither unreachable nor back
+    assert hub.reachable
+    ana.close()
+    carla.close()

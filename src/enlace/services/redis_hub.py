@@ -375,6 +375,8 @@ class RedisHub(Hub):
         header, _, body = data.partition(b"\n")
         try:
             event = orjson.loads(body)
+            if not isinstance(event, dict):  # pushed as it is, it would fail on this thread
+                raise ValueError(f"not an event object: {body[:40]!r}")
             if channel == self._events:
                 seq, room, keep = header.split(b"\t")
                 self._room_event(int(seq), room.decode(), keep == b"1", event)
