@@ -413,12 +413,18 @@ class RedisLink:
         try:
             async for message in pubsub.listen():
                 if message.get("type") == "message":
-                    self._on_message(message["channel"], message["data"])
+                    self._handle(message["channel"], message["data"])
         except Exception as exc:  # whatever broke it, subscribe again
             if not isinstance(exc, _UNREACHABLE_ERRORS):
                 self.logger.exception("chat hub: the subscription failed")
             self._tasks["reader"] = None
             self.lost(exc)
+
+    def _handle(self, channel: bytes, data: bytes) -> None:
+        try:
+            self._on_message(channel, data)
+        except Exception:  # a bug handling one message: Redis is fine, so no outage
+            self.logger.exception("chat hub: a message on %r could not be handled", channel)
 
     def lost(self, error: BaseException) -> None:
         """Redis failed us: go down (once) and reconnect. The link's thread."""
