@@ -38,7 +38,7 @@ import redis.exceptions
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from enlace.limits import HUB_MAX_BACKOFF, HUB_TIMEOUT, MAX_HUB_PENDING
+from enlace.limits import HUB_HEARTBEAT, HUB_MAX_BACKOFF, HUB_TIMEOUT, MAX_HUB_PENDING
 from enlace.services.commands import CommandError
 from enlace.services.hub import HubError
 
@@ -154,7 +154,7 @@ class RedisLink:
         beat: Callable[[], Awaitable[Any]],
         logger: logging.Logger,
         timeout: float = HUB_TIMEOUT,
-        heartbeat: float = 1.0,
+        heartbeat: float = HUB_HEARTBEAT,
         max_backoff: float = HUB_MAX_BACKOFF,
         max_pending: int = MAX_HUB_PENDING,
     ) -> None:
