@@ -11,12 +11,9 @@ import unicodedata
 import zlib
 from dataclasses import dataclass
 from enum import Enum
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from enlace.protocol.envelope import render_event
-
-if TYPE_CHECKING:
-    pass
 
 __all__ = ["Line", "Outcome", "event_line", "hex_colour", "nick_colour"]
 
