@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import socket
 import struct
 import subprocess
 import sys
-import time
 
 import pexpect
-import pyte
 import pytest
 
 from enlace.services.commands import Context
 from enlace.services.message import MessageService
-from tests.cli.support import ENLACE, run, server
+from tests.cli.support import ENLACE, Terminal, run, server
 from tests.conftest import RUNTIMES, connect, read_exactly
 
 
@@ -78,43 +75,6 @@ def test_shell_without_a_terminal_reads_lines():
         assert result.returncode == 0
 
 
-class Terminal:
-    """``enlace shell`` in a real pseudo-terminal, read back through a terminal emulator."""
-
-    def __init__(self, address: tuple[str, int], tmp_path) -> None:
-        self.screen = pyte.Screen(80, 24)
-        self.stream = pyte.ByteStream(self.screen)
-        # pyte cannot answer prompt_toolkit's cursor-position request; real terminals do.
-        env = {
-            **os.environ,
-            "TERM": "xterm",
-            "XDG_STATE_HOME": str(tmp_path),
-            "PROMPT_TOOLKIT_NO_CPR": "1",
-        }
-        self.child = pexpect.spawn(
-            ENLACE[0], [*ENLACE[1:], "shell", f"{address[0]}:{address[1]}"],
-            env=env, dimensions=(24, 80),
-        )  # fmt: skip
-
-    def lines(self) -> list[str]:
-        return [line.rstrip() for line in self.screen.display]
-
-    def wait_for(self, predicate, timeout: float = 10) -> None:
-        deadline = time.monotonic() + timeout
-        while not predicate(self.lines()):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise AssertionError("screen never matched:\n" + "\n".join(self.lines()))
-            with contextlib.suppress(pexpect.TIMEOUT):
-                self.stream.feed(self.child.read_nonblocking(65536, timeout=min(remaining, 0.5)))
-
-    def type(self, text: str) -> None:
-        self.child.send(text)
-
-    def close(self) -> None:
-        self.child.terminate(force=True)
-
-
 @pytest.mark.skipif(sys.platform != "linux", reason="needs a Linux pseudo-terminal")
 def test_shell_keeps_the_typed_line_intact_when_a_push_arrives(serve, tmp_path):
     service = MessageService()
@@ -126,7 +86,7 @@ def test_shell_keeps_the_typed_line_intact_when_a_push_arrives(serve, tmp_path):
 
     running = serve(service)
     prompt = f"127.0.0.1:{running.address[1]}> "
-    terminal = Terminal(running.address, tmp_path)
+    terminal = Terminal(tmp_path, "shell", f"{running.address[0]}:{running.address[1]}")
     try:
         terminal.wait_for(lambda lines: prompt.rstrip() in lines)
         terminal.type("/upper hola\r")
