@@ -7,6 +7,7 @@ import os
 import re
 import selectors
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -25,6 +26,13 @@ def run(*args: str, stdin: bytes = b"", timeout: float = 15) -> subprocess.Compl
     return subprocess.run(
         [*ENLACE, *args], input=stdin, capture_output=True, timeout=timeout, check=False
     )
+
+
+def free_port() -> int:
+    """A loopback TCP port nothing listens on (for "connection refused" and late starts)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 class Cli:

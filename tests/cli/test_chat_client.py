@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import queue
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -21,7 +20,7 @@ from enlace.cli.chat_client import ChatClient, Line, event_line, nick_colour
 from enlace.services.chat import ChatService
 from enlace.services.commands import CommandError, Context
 from enlace.sync import Server
-from tests.cli.support import ENLACE, Terminal, read_until, run, server
+from tests.cli.support import ENLACE, Terminal, free_port, read_until, run, server
 from tests.conftest import connect
 
 needs_pty = pytest.mark.skipif(sys.platform != "linux", reason="needs a Linux pseudo-terminal")
@@ -262,14 +261,8 @@ def test_plain_mode_refusals_are_one_clear_line_and_exit_1():
         )
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def test_no_server_at_start_is_one_clear_line_unless_retry():
-    port = _free_port()
+    port = free_port()
     result = run("chat", f"127.0.0.1:{port}", "--nick", "ana")
     assert result.returncode == 1
     assert result.stderr.decode() == (

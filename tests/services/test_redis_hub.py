@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import shutil
 import signal
-import socket
 import subprocess
 from collections.abc import Iterator
 
@@ -21,14 +20,8 @@ from enlace.services.chat import ChatService
 from enlace.services.hub import HubError
 from enlace.services.redis_hub import BACK, UNREACHABLE, RedisHub
 from enlace.services.store import MemoryStore
-from tests.cli.support import read_until
+from tests.cli.support import free_port, read_until
 from tests.services.test_chat import Person, join
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class RedisServer:
@@ -344,7 +337,7 @@ def test_a_malformed_message_on_the_hub_is_ignored_and_costs_no_outage(chat_on, 
     with redis_server.client() as other:
         # JSON, but not an event object: a room event, then a private message for ana.
         other.publish("enlace:events", b"999\tgeneral\t0\n[1, 2]")
-        other.publish(f"enlace:server:{hub.server_id}:inbox", b"1\tana\n\"texto\"")
+        other.publish(f"enlace:server:{hub.server_id}:inbox", b'1\tana\n"texto"')
     ana.send("sigue")
     lines = carla.until("sigue")
     assert lines[-1] == "[general] ana: sigue"
