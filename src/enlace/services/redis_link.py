@@ -202,11 +202,11 @@ class RedisLink:
         self._thread.start()
         try:
             asyncio.run_coroutine_threadsafe(self._open(), loop).result(3 * self.timeout)
-        except HubError:
+        except Exception as exc:  # whatever it was, the link cannot start
             self._stop_loop()
-            raise
-        except Exception as exc:  # noqa: BLE001 - whatever it was, the link cannot start
-            self._stop_loop()
+            self._thread = None  # not started, so start() may be tried again
+            if isinstance(exc, HubError):
+                raise
             raise HubError(
                 f"cannot reach the chat hub at {self.where}: {reason(exc, self.timeout)}"
             ) from None
