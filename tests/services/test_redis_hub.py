@@ -330,7 +330,9 @@ def test_a_stalled_hub_refuses_with_hub_busy_instead_of_queueing_without_bound(s
         hub.close()
 
 
-def test_a_malformed_message_on_the_hub_is_ignored_and_costs_no_outage(chat_on, redis_server):
+def test_a_malformed_message_on_the_hub_is_ignored_and_costs_no_outage(
+    chat_on, redis_server, caplog
+):
     a = chat_on()
     ana, carla = join(a, "ana"), join(a, "carla")
     (hub,) = chat_on.hubs
@@ -343,5 +345,7 @@ def test_a_malformed_message_on_the_hub_is_ignored_and_costs_no_outage(chat_on, 
     assert lines[-1] == "[general] ana: sigue"
     assert not any("chat hub" in line for line in lines)  # neither unreachable nor back
     assert hub.reachable
+    assert caplog.text.count("chat hub: ignored a message on") == 2  # a warning, no traceback
+    assert "could not be handled" not in caplog.text
     ana.close()
     carla.close()

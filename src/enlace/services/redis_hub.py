@@ -376,7 +376,8 @@ class RedisHub(Hub):
         try:
             event = orjson.loads(body)
             if not isinstance(event, dict):  # pushed as it is, it would fail on this thread
-                raise ValueError(f"not an event object: {body[:40]!r}")
+                self.logger.warning("chat hub: ignored a message on %r: not an object", channel)
+                return
             if channel == self._events:
                 seq, room, keep = header.split(b"\t")
                 self._room_event(int(seq), room.decode(), keep == b"1", event)
