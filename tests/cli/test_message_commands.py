@@ -14,6 +14,7 @@ import pytest
 from enlace.services.commands import Context
 from enlace.services.message import MessageService
 from tests.cli.support import ENLACE, Terminal, run, server
+from tests.cli.test_chat_data import person
 from tests.conftest import RUNTIMES, connect, read_exactly
 
 
@@ -179,3 +180,17 @@ def test_serve_chat_refuses_a_bad_ai_configuration_in_one_line():
     lines = result.stderr.decode().strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("enlace: ")
     assert "Traceback" not in result.stderr.decode()
+
+
+def test_shell_prints_what_others_send_without_their_control_characters():
+    with server("serve", "chat", "--port", "0") as cli:
+        ana = person(cli.port, "ana")
+        ana.send("hola \x1b[2J\x1b]0;pwned\x07 mundo")  # clear the screen, retitle the window
+        ana.until("mundo")
+        result = run("shell", f"127.0.0.1:{cli.port}", stdin=b"/history 1\n/quit\n")
+        assert result.returncode == 0
+        shown = [line for line in result.stdout.decode().splitlines() if "mundo" in line]
+        # The replay on connecting (in text form: no request yet), then /history's.
+        line = "[general] ana: hola \ufffd[2J\ufffd]0;pwned\ufffd mundo"
+        assert shown == [f"* {line}", line]
+        ana.close()
