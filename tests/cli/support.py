@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import selectors
 import signal
+import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+
+import pexpect
+import pyte
 
 ENLACE = [sys.executable, "-m", "enlace"]
 _LISTENING = re.compile(rb"listening on (?:\[([^\]]+)\]|([^\s:]+)):(\d+)")
@@ -21,6 +26,13 @@ def run(*args: str, stdin: bytes = b"", timeout: float = 15) -> subprocess.Compl
     return subprocess.run(
         [*ENLACE, *args], input=stdin, capture_output=True, timeout=timeout, check=False
     )
+
+
+def free_port() -> int:
+    """A loopback TCP port nothing listens on (for "connection refused" and late starts)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 class Cli:
@@ -87,3 +99,53 @@ def server(*args: str, marker: bytes = b"try it: ") -> Iterator[Cli]:
         if process.poll() is None:
             process.kill()
             process.wait(5)
+
+
+class Terminal:
+    """``enlace ARGS`` in a real pseudo-terminal (80x24), read back through a terminal emulator."""
+
+    def __init__(self, tmp_path, *args: str) -> None:
+        self.screen = pyte.Screen(80, 24)
+        self.stream = pyte.ByteStream(self.screen)
+        env = {
+            **os.environ,
+            "TERM": "xterm",
+            "XDG_STATE_HOME": str(tmp_path),
+            # pyte cannot answer prompt_toolkit's cursor-position request; real terminals do.
+            "PROMPT_TOOLKIT_NO_CPR": "1",
+        }
+        env.pop("NO_COLOR", None)
+        self.child = pexpect.spawn(ENLACE[0], [*ENLACE[1:], *args], env=env, dimensions=(24, 80))
+
+    def lines(self) -> list[str]:
+        return [line.rstrip() for line in self.screen.display]
+
+    def wait_for(self, predicate: Callable[[list[str]], bool], timeout: float = 10) -> list[str]:
+        """Read the terminal until ``predicate(lines)`` holds; fail after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while not predicate(self.lines()):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError("screen never matched:\n" + "\n".join(self.lines()))
+            with contextlib.suppress(pexpect.TIMEOUT):
+                self.stream.feed(self.child.read_nonblocking(65536, timeout=min(remaining, 0.5)))
+        return self.lines()
+
+    def type(self, text: str) -> None:
+        self.child.send(text)
+
+    def finish(self, timeout: float = 10) -> int:
+        """Wait for the program to end (feeding what it prints to the screen); its exit code."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.stream.feed(self.child.read_nonblocking(65536, timeout=0.5))
+            except pexpect.TIMEOUT:
+                assert time.monotonic() < deadline, "the program did not exit"
+            except pexpect.EOF:
+                break
+        self.child.close()
+        return int(self.child.exitstatus)
+
+    def close(self) -> None:
+        self.child.terminate(force=True)

@@ -6,17 +6,12 @@ the room is a plain socket line client, as someone with ``nc`` would be.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import queue
 import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 
-import pexpect
 import pyte
 import pyte.graphics
 import pytest
@@ -25,7 +20,7 @@ from enlace.cli.chat_client import ChatClient, Line, event_line, nick_colour
 from enlace.services.chat import ChatService
 from enlace.services.commands import CommandError, Context
 from enlace.sync import Server
-from tests.cli.support import ENLACE, read_until, run, server
+from tests.cli.support import ENLACE, Terminal, free_port, read_until, run, server
 from tests.conftest import connect
 
 needs_pty = pytest.mark.skipif(sys.platform != "linux", reason="needs a Linux pseudo-terminal")
@@ -59,58 +54,15 @@ class LineUser:
         self.sock.close()
 
 
-class ChatTerminal:
+class ChatTerminal(Terminal):
     """``enlace chat`` in a real pseudo-terminal, read back through a terminal emulator."""
 
     def __init__(self, port: int, tmp_path, *options: str) -> None:
-        self.screen = pyte.Screen(80, 24)
-        self.stream = pyte.ByteStream(self.screen)
-        env = {
-            **os.environ,
-            "TERM": "xterm",
-            "XDG_STATE_HOME": str(tmp_path),
-            # pyte cannot answer prompt_toolkit's cursor-position request; real terminals do.
-            "PROMPT_TOOLKIT_NO_CPR": "1",
-        }
-        env.pop("NO_COLOR", None)
-        self.child = pexpect.spawn(
-            ENLACE[0], [*ENLACE[1:], "chat", f"127.0.0.1:{port}", *options],
-            env=env, dimensions=(24, 80),
-        )  # fmt: skip
-
-    def lines(self) -> list[str]:
-        return [line.rstrip() for line in self.screen.display]
-
-    def wait_for(self, predicate: Callable[[list[str]], bool], timeout: float = 10) -> list[str]:
-        """Read the terminal until ``predicate(lines)`` holds; fail after ``timeout`` seconds."""
-        deadline = time.monotonic() + timeout
-        while not predicate(self.lines()):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise AssertionError("screen never matched:\n" + "\n".join(self.lines()))
-            with contextlib.suppress(pexpect.TIMEOUT):
-                self.stream.feed(self.child.read_nonblocking(65536, timeout=min(remaining, 0.5)))
-        return self.lines()
+        super().__init__(tmp_path, "chat", f"127.0.0.1:{port}", *options)
 
     def shows(self, text: str, timeout: float = 10) -> None:
         """Wait for a screen line equal to ``text`` (ignoring the spaces around it)."""
         self.wait_for(lambda lines: any(line.strip() == text for line in lines), timeout)
-
-    def type(self, text: str) -> None:
-        self.child.send(text)
-
-    def finish(self, timeout: float = 10) -> int:
-        """Wait for the program to end (feeding what it prints to the screen); its exit code."""
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                self.stream.feed(self.child.read_nonblocking(65536, timeout=0.5))
-            except pexpect.TIMEOUT:
-                assert time.monotonic() < deadline, "the client did not exit"
-            except pexpect.EOF:
-                break
-        self.child.close()
-        return int(self.child.exitstatus)
 
     def colour_of(self, text: str, word: str) -> str:
         """The foreground colour of ``word`` in the screen line that is ``text``."""
@@ -119,9 +71,6 @@ class ChatTerminal:
                 column = line.index(word)
                 return str(self.screen.buffer[row][column].fg)
         raise AssertionError(f"no line {text!r}")
-
-    def close(self) -> None:
-        self.child.terminate(force=True)
 
 
 def above(first: str, second: str) -> Callable[[list[str]], bool]:
@@ -312,14 +261,8 @@ def test_plain_mode_refusals_are_one_clear_line_and_exit_1():
         )
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def test_no_server_at_start_is_one_clear_line_unless_retry():
-    port = _free_port()
+    port = free_port()
     result = run("chat", f"127.0.0.1:{port}", "--nick", "ana")
     assert result.returncode == 1
     assert result.stderr.decode() == (

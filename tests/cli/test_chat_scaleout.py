@@ -14,9 +14,9 @@ import subprocess
 import pytest
 
 from enlace.services.redis_hub import BACK, UNREACHABLE
-from tests.cli.support import ENLACE, server
+from tests.cli.support import ENLACE, free_port, server
 from tests.cli.test_chat_data import LineClient, person
-from tests.services.test_redis_hub import free_port, running_redis
+from tests.services.test_redis_hub import running_redis
 
 
 @pytest.fixture

@@ -10,14 +10,8 @@ import subprocess
 
 import pytest
 
-from tests.cli.support import ENLACE, read_until, run, server
+from tests.cli.support import ENLACE, free_port, read_until, run, server
 from tests.conftest import RUNTIMES, connect, read_exactly, read_to_eof
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def assert_one_clear_line(result: subprocess.CompletedProcess[bytes], *parts: str) -> None:

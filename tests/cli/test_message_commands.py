@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import socket
 import struct
 import subprocess
 import sys
-import time
 
 import pexpect
-import pyte
 import pytest
 
 from enlace.services.commands import Context
 from enlace.services.message import MessageService
-from tests.cli.support import ENLACE, run, server
+from tests.cli.support import ENLACE, Terminal, run, server
+from tests.cli.test_chat_data import person
 from tests.conftest import RUNTIMES, connect, read_exactly
 
 
@@ -78,43 +76,6 @@ def test_shell_without_a_terminal_reads_lines():
         assert result.returncode == 0
 
 
-class Terminal:
-    """``enlace shell`` in a real pseudo-terminal, read back through a terminal emulator."""
-
-    def __init__(self, address: tuple[str, int], tmp_path) -> None:
-        self.screen = pyte.Screen(80, 24)
-        self.stream = pyte.ByteStream(self.screen)
-        # pyte cannot answer prompt_toolkit's cursor-position request; real terminals do.
-        env = {
-            **os.environ,
-            "TERM": "xterm",
-            "XDG_STATE_HOME": str(tmp_path),
-            "PROMPT_TOOLKIT_NO_CPR": "1",
-        }
-        self.child = pexpect.spawn(
-            ENLACE[0], [*ENLACE[1:], "shell", f"{address[0]}:{address[1]}"],
-            env=env, dimensions=(24, 80),
-        )  # fmt: skip
-
-    def lines(self) -> list[str]:
-        return [line.rstrip() for line in self.screen.display]
-
-    def wait_for(self, predicate, timeout: float = 10) -> None:
-        deadline = time.monotonic() + timeout
-        while not predicate(self.lines()):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise AssertionError("screen never matched:\n" + "\n".join(self.lines()))
-            with contextlib.suppress(pexpect.TIMEOUT):
-                self.stream.feed(self.child.read_nonblocking(65536, timeout=min(remaining, 0.5)))
-
-    def type(self, text: str) -> None:
-        self.child.send(text)
-
-    def close(self) -> None:
-        self.child.terminate(force=True)
-
-
 @pytest.mark.skipif(sys.platform != "linux", reason="needs a Linux pseudo-terminal")
 def test_shell_keeps_the_typed_line_intact_when_a_push_arrives(serve, tmp_path):
     service = MessageService()
@@ -126,7 +87,7 @@ def test_shell_keeps_the_typed_line_intact_when_a_push_arrives(serve, tmp_path):
 
     running = serve(service)
     prompt = f"127.0.0.1:{running.address[1]}> "
-    terminal = Terminal(running.address, tmp_path)
+    terminal = Terminal(tmp_path, "shell", f"{running.address[0]}:{running.address[1]}")
     try:
         terminal.wait_for(lambda lines: prompt.rstrip() in lines)
         terminal.type("/upper hola\r")
@@ -219,3 +180,17 @@ def test_serve_chat_refuses_a_bad_ai_configuration_in_one_line():
     lines = result.stderr.decode().strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("enlace: ")
     assert "Traceback" not in result.stderr.decode()
+
+
+def test_shell_prints_what_others_send_without_their_control_characters():
+    with server("serve", "chat", "--port", "0") as cli:
+        ana = person(cli.port, "ana")
+        ana.send("hola \x1b[2J\x1b]0;pwned\x07 mundo")  # clear the screen, retitle the window
+        ana.until("mundo")
+        result = run("shell", f"127.0.0.1:{cli.port}", stdin=b"/history 1\n/quit\n")
+        assert result.returncode == 0
+        shown = [line for line in result.stdout.decode().splitlines() if "mundo" in line]
+        # The replay on connecting (in text form: no request yet), then /history's.
+        line = "[general] ana: hola \ufffd[2J\ufffd]0;pwned\ufffd mundo"
+        assert shown == [f"* {line}", line]
+        ana.close()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import shutil
 import signal
-import socket
 import subprocess
 from collections.abc import Iterator
 
@@ -21,14 +20,8 @@ from enlace.services.chat import ChatService
 from enlace.services.hub import HubError
 from enlace.services.redis_hub import BACK, UNREACHABLE, RedisHub
 from enlace.services.store import MemoryStore
-from tests.cli.support import read_until
+from tests.cli.support import free_port, read_until
 from tests.services.test_chat import Person, join
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class RedisServer:
@@ -335,3 +328,24 @@ def test_a_stalled_hub_refuses_with_hub_busy_instead_of_queueing_without_bound(s
             person.close()
     finally:
         hub.close()
+
+
+def test_a_malformed_message_on_the_hub_is_ignored_and_costs_no_outage(
+    chat_on, redis_server, caplog
+):
+    a = chat_on()
+    ana, carla = join(a, "ana"), join(a, "carla")
+    (hub,) = chat_on.hubs
+    with redis_server.client() as other:
+        # JSON, but not an event object: a room event, then a private message for ana.
+        other.publish("enlace:events", b"999\tgeneral\t0\n[1, 2]")
+        other.publish(f"enlace:server:{hub.server_id}:inbox", b'1\tana\n"texto"')
+    ana.send("sigue")
+    lines = carla.until("sigue")
+    assert lines[-1] == "[general] ana: sigue"
+    assert not any("chat hub" in line for line in lines)  # neither unreachable nor back
+    assert hub.reachable
+    assert caplog.text.count("chat hub: ignored a message on") == 2  # a warning, no traceback
+    assert "could not be handled" not in caplog.text
+    ana.close()
+    carla.close()

@@ -146,7 +146,7 @@ def _build_message(args: argparse.Namespace) -> MessageService:
     return MessageService(**_message_options(args))
 
 
-def _build_chat(args: argparse.Namespace) -> MessageService:
+def _build_chat(args: argparse.Namespace) -> ChatService:
     data, hub_url = _option(args, "data", None), _option(args, "hub", None)
     if hub_url is not None:
         # Imported here: only --hub needs the Redis client.
@@ -174,9 +174,7 @@ def _web_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _build_web(args: argparse.Namespace) -> WebApp:
-    chat = _build_chat(args)
-    assert isinstance(chat, ChatService)
-    return build_web(args, chat)
+    return build_web(args, _build_chat(args))
 
 
 def _option(args: argparse.Namespace, name: str, default: object) -> object:

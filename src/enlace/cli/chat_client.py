@@ -51,9 +51,11 @@ import time
 import unicodedata
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from enlace.addresses import format_address
+from enlace.cli.chat_faces import run_plain, run_terminal
+from enlace.cli.chat_view import Line, Outcome, event_line, nick_colour
 from enlace.exceptions import (
     AddressError,
     ConnectionClosed,
@@ -66,12 +68,6 @@ from enlace.limits import MAX_HISTORY
 from enlace.protocol.envelope import render_result
 from enlace.services.chat import DEFAULT_ROOM
 from enlace.sync import Client
-
-if TYPE_CHECKING:
-    pass
-
-from enlace.cli.chat_faces import run_plain, run_terminal
-from enlace.cli.chat_view import Line, Outcome, event_line, nick_colour
 
 __all__ = [
     "CONNECT_TIMEOUT",

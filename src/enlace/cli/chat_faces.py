@@ -14,12 +14,11 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from prompt_toolkit.formatted_text import StyleAndTextTuples
-
 from enlace.cli.chat_view import Line, Outcome, hex_colour, nick_colour
 
 if TYPE_CHECKING:
+    from prompt_toolkit.formatted_text import StyleAndTextTuples
+
     from enlace.cli.chat_client import ChatClient
 
 __all__ = ["run_plain", "run_terminal"]

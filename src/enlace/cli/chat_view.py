@@ -11,14 +11,11 @@ import unicodedata
 import zlib
 from dataclasses import dataclass
 from enum import Enum
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from enlace.protocol.envelope import render_event
 
-if TYPE_CHECKING:
-    pass
-
-__all__ = ["Line", "Outcome", "event_line", "hex_colour", "nick_colour"]
+__all__ = ["Line", "Outcome", "event_line", "harmless", "hex_colour", "nick_colour"]
 
 # Nick colours: xterm 256-colour indices from the 6x6x6 cube, mid-bright so they read
 # on dark and light backgrounds alike, and no two alike. The cube's exact RGB values
@@ -43,7 +40,7 @@ def hex_colour(index: int) -> str:
     return "#" + "".join(f"{_CUBE_LEVELS[level]:02x}" for level in (red, green, blue))
 
 
-def _clean(text: str) -> str:
+def harmless(text: str) -> str:
     """``text`` safe to print: no control character reaches the terminal.
 
     Anyone in the room chooses what others print, and an escape sequence in a
@@ -81,14 +78,14 @@ class Line:
 
     def plain(self) -> str:
         """The line as text, without colours."""
-        return "".join(_clean(text) for _, text in self.segments)
+        return "".join(harmless(text) for _, text in self.segments)
 
     def ansi(self, *, colour: bool = True) -> str:
         """The line with SGR escape sequences; ``colour=False`` keeps only bold and dim."""
         parts = []
         for role, text in self.segments:
             sgr = _sgr(role, text, colour=colour)
-            parts.append(f"\x1b[{sgr}m{_clean(text)}\x1b[0m" if sgr else _clean(text))
+            parts.append(f"\x1b[{sgr}m{harmless(text)}\x1b[0m" if sgr else harmless(text))
         return "".join(parts)
 
 

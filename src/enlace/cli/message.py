@@ -2,7 +2,9 @@
 
 Both send what the user typed as a JSON request with an id (a ``/command``
 line goes in the request's ``line``, so the server splits it exactly as if it
-were typed), which keeps replies apart from pushed events.
+were typed), which keeps replies apart from pushed events. Others choose what
+those events say, so the shell prints them through
+:func:`~enlace.cli.chat_view.harmless`: no escape sequence of theirs reaches the terminal.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from enlace.cli.chat_view import harmless
 from enlace.cli.trace import tracer_for_peer
 from enlace.exceptions import ConnectionClosed, RequestError
 from enlace.protocol.envelope import dumps, loads, render_event, render_result
@@ -124,7 +127,7 @@ def run_shell(host: str, port: int, *, trace: bool, options: dict[str, Any] | No
             host,
             port,
             trace=tracer,
-            on_event=lambda e: print(render_event(e)),
+            on_event=lambda e: print(harmless(render_event(e))),
             on_close=on_close,
             **options,
         ) as client,
@@ -167,7 +170,7 @@ def _run_plain(host: str, port: int, *, trace: bool, options: dict[str, Any]) ->
         host,
         port,
         trace=tracer,
-        on_event=lambda e: say(render_event(e)),
+        on_event=lambda e: say(harmless(render_event(e))),
         on_close=lambda r: None,
         **options,
     ) as client:

@@ -375,6 +375,9 @@ class RedisHub(Hub):
         header, _, body = data.partition(b"\n")
         try:
             event = orjson.loads(body)
+            if not isinstance(event, dict):  # pushed as it is, it would fail on this thread
+                self.logger.warning("chat hub: ignored a message on %r: not an object", channel)
+                return
             if channel == self._events:
                 seq, room, keep = header.split(b"\t")
                 self._room_event(int(seq), room.decode(), keep == b"1", event)

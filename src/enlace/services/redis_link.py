@@ -38,7 +38,7 @@ import redis.exceptions
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from enlace.limits import HUB_MAX_BACKOFF, HUB_TIMEOUT, MAX_HUB_PENDING
+from enlace.limits import HUB_HEARTBEAT, HUB_MAX_BACKOFF, HUB_TIMEOUT, MAX_HUB_PENDING
 from enlace.services.commands import CommandError
 from enlace.services.hub import HubError
 
@@ -154,7 +154,7 @@ class RedisLink:
         beat: Callable[[], Awaitable[Any]],
         logger: logging.Logger,
         timeout: float = HUB_TIMEOUT,
-        heartbeat: float = 1.0,
+        heartbeat: float = HUB_HEARTBEAT,
         max_backoff: float = HUB_MAX_BACKOFF,
         max_pending: int = MAX_HUB_PENDING,
     ) -> None:
@@ -202,11 +202,11 @@ class RedisLink:
         self._thread.start()
         try:
             asyncio.run_coroutine_threadsafe(self._open(), loop).result(3 * self.timeout)
-        except HubError:
+        except Exception as exc:  # whatever it was, the link cannot start
             self._stop_loop()
-            raise
-        except Exception as exc:  # noqa: BLE001 - whatever it was, the link cannot start
-            self._stop_loop()
+            self._thread = None  # not started, so start() may be tried again
+            if isinstance(exc, HubError):
+                raise
             raise HubError(
                 f"cannot reach the chat hub at {self.where}: {reason(exc, self.timeout)}"
             ) from None
@@ -413,12 +413,18 @@ class RedisLink:
         try:
             async for message in pubsub.listen():
                 if message.get("type") == "message":
-                    self._on_message(message["channel"], message["data"])
+                    self._handle(message["channel"], message["data"])
         except Exception as exc:  # whatever broke it, subscribe again
             if not isinstance(exc, _UNREACHABLE_ERRORS):
                 self.logger.exception("chat hub: the subscription failed")
             self._tasks["reader"] = None
             self.lost(exc)
+
+    def _handle(self, channel: bytes, data: bytes) -> None:
+        try:
+            self._on_message(channel, data)
+        except Exception:  # a bug handling one message: Redis is fine, so no outage
+            self.logger.exception("chat hub: a message on %r could not be handled", channel)
 
     def lost(self, error: BaseException) -> None:
         """Redis failed us: go down (once) and reconnect. The link's thread."""
