@@ -98,6 +98,7 @@ class Server:
         )
         self._connections: set[Connection] = set()
         self._starting = 0  # threads handshaking, not yet in _connections
+        self._closing = False  # shutdown has closed the connections it found
         self._tls_refusals = 0
         self._idle = threading.Condition()
         self._wake_r, self._wake_w = socket.socketpair()
@@ -152,6 +153,7 @@ class Server:
                 if remaining is not None and remaining <= 0:
                     break
                 self._idle.wait(remaining)
+            self._closing = True
             leftovers = list(self._connections)
         for connection in leftovers:
             connection.close()
@@ -363,6 +365,10 @@ class Server:
                 self._starting -= 1
                 if connection is not None:
                     self._connections.add(connection)
+                    if self._closing:
+                        # Set up (a TLS handshake) after shutdown closed the others:
+                        # closed the same way, instead of served.
+                        connection.close()
             if connection is not None:
                 connection.run()
         finally:
