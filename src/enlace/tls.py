@@ -35,6 +35,7 @@ __all__ = [
     "client_context",
     "client_handshake",
     "handshake_failure",
+    "handshake_failure_reason",
     "is_tls_hello",
     "resolve_context",
     "server_context",
@@ -147,6 +148,12 @@ def handshake_failure(exc: BaseException, where: str) -> TLSError:
     return TLSError(f"TLS to {where} failed: {reason}")
 
 
+def handshake_failure_reason(exc: OSError) -> str:
+    """A short reason for the log line of a failed handshake (``ssl.SSLError`` included)."""
+    reason = getattr(exc, "reason", None) or exc.strerror or str(exc)
+    return str(reason) if reason else f"connection lost ({type(exc).__name__})"
+
+
 def server_handshake(
     sock: socket.socket, context: ssl.SSLContext, *, timeout: float | None
 ) -> TLSSocket:
@@ -169,8 +176,7 @@ def server_handshake(
     except (TimeoutError, BlockingIOError):
         raise TLSError("timed out") from None
     except OSError as exc:  # ssl.SSLError included
-        reason = getattr(exc, "reason", None) or exc.strerror or str(exc)
-        raise TLSError(str(reason) or f"connection lost ({type(exc).__name__})") from None
+        raise TLSError(handshake_failure_reason(exc)) from None
     return tls
 
 
