@@ -221,16 +221,22 @@ def test_contexts_refuse_tls_below_1_2():
         assert server_context(pem).minimum_version == ssl.TLSVersion.TLSv1_2
 
 
-def test_tlssocket_nonblocking_send_never_loses_or_repeats_bytes():
-    # A peer that reads slowly: send() keeps saying "would block", then takes the rest.
+def tls_pair() -> tuple[TLSSocket, TLSSocket]:
+    """A server and a client TLSSocket over a socketpair, handshake done."""
     left, right = socket.socketpair()
-    left.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
     server = TLSSocket(left, server_ssl(), server_side=True)
     client = TLSSocket(right, client_ssl(), server_side=False, server_hostname="localhost")
     shaking = threading.Thread(target=client.handshake, args=(5,))
     shaking.start()
     server.handshake(5)
     shaking.join()
+    return server, client
+
+
+def test_tlssocket_nonblocking_send_never_loses_or_repeats_bytes():
+    # A peer that reads slowly: send() keeps saying "would block", then takes the rest.
+    server, client = tls_pair()
+    server.raw.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
     payload = bytes(range(256)) * 4096  # 1 MiB
     received = bytearray()
 
@@ -250,24 +256,12 @@ def test_tlssocket_nonblocking_send_never_loses_or_repeats_bytes():
             view = view[server.send(view, socket.MSG_DONTWAIT) :]
         except BlockingIOError:
             blocked += 1
-            select.select([], [left], [], 1.0)  # as the runtime's flusher polls
+            select.select([], [server], [], 1.0)  # as the runtime's flusher polls
     reader.join(10)
     assert bytes(received) == payload
     assert blocked > 0  # the socket did push back, so the bookkeeping was exercised
-    left.close()
-    right.close()
-
-
-def tls_pair() -> tuple[TLSSocket, TLSSocket]:
-    """A server and a client TLSSocket over a socketpair, handshake done."""
-    left, right = socket.socketpair()
-    server = TLSSocket(left, server_ssl(), server_side=True)
-    client = TLSSocket(right, client_ssl(), server_side=False, server_hostname="localhost")
-    shaking = threading.Thread(target=client.handshake, args=(5,))
-    shaking.start()
-    server.handshake(5)
-    shaking.join()
-    return server, client
+    server.close()
+    client.close()
 
 
 def test_tlssocket_reads_every_waiting_record_in_one_call():
