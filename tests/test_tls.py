@@ -174,6 +174,22 @@ def test_plain_client_on_a_tls_port_is_told_in_clear_text(serve):
         assert client.request("upper", "sigo") == "SIGO"
 
 
+def test_plain_client_that_keeps_sending_after_the_answer_is_cut(serve):
+    # After its clear-text answer the server reads and drops what the client still
+    # sends, for a bounded time: a client trickling bytes cannot hold the connection.
+    server = serve(EchoService(), ssl=server_ssl())
+    with connect(server.address) as sock:
+        sock.sendall(b"hola\n")
+        assert sock.recv(100).startswith(b"ERR tls_required")
+        started = time.monotonic()
+        with pytest.raises(OSError):  # closed by the server: our next bytes meet a reset
+            while time.monotonic() - started < 5:
+                sock.sendall(b"x")
+                time.sleep(0.2)  # the trickle: a byte well within each read's timeout
+        assert time.monotonic() - started < 4
+    assert_echo_still_serves(server.address)
+
+
 @pytest.mark.parametrize(
     "service",
     [GreetService(), EchoService(), MessageService(), ChatService()],

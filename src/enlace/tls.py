@@ -27,6 +27,7 @@ from typing import cast
 
 from enlace.exceptions import ConnectionClosed, Timeout, TLSError
 from enlace.limits import READ_SIZE, TLS_HANDSHAKE_TIMEOUT
+from enlace.sockets import discard_input
 
 _Bytes = bytes | bytearray | memoryview
 
@@ -190,8 +191,7 @@ def _tell_plain_client(sock: socket.socket, first: bytes) -> None:
         sock.settimeout(_PLAIN_ANSWER_TIMEOUT)
         sock.sendall(tls_required_answer(first))
         sock.shutdown(socket.SHUT_WR)
-        while sock.recv(READ_SIZE):
-            pass
+        discard_input(sock, timeout=_PLAIN_ANSWER_TIMEOUT)
 
 
 class TLSSocket:

@@ -24,6 +24,7 @@ from enlace.addresses import format_address
 from enlace.limits import READ_SIZE
 from enlace.logs import log_closed
 from enlace.services.base import StreamHandler
+from enlace.sockets import discard_input
 from enlace.sync.outbound import Outbound
 
 if TYPE_CHECKING:
@@ -266,17 +267,6 @@ class Connection:
         )
 
     def _linger(self) -> None:
-        sock = self._sock
-        deadline = time.monotonic() + LINGER_TIMEOUT
-        discarded = 0
         with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_WR)
-            while discarded < LINGER_BYTES:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                sock.settimeout(remaining)
-                chunk = sock.recv(READ_SIZE)
-                if not chunk:
-                    break
-                discarded += len(chunk)
+            self._sock.shutdown(socket.SHUT_WR)
+            discard_input(self._sock, timeout=LINGER_TIMEOUT, max_bytes=LINGER_BYTES)
