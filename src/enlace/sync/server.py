@@ -40,7 +40,7 @@ from enlace.limits import (
 from enlace.logs import log_handshake_failed, log_refused, logger_for
 from enlace.policy import ConnectionPolicy
 from enlace.services.base import StreamService
-from enlace.sockets import listen_tcp, peer_address
+from enlace.sockets import discard_input, listen_tcp, peer_address
 from enlace.sync.connection import LINGER_TIMEOUT, Connection
 from enlace.tls import TLSSocket, server_handshake
 
@@ -294,8 +294,7 @@ class Server:
                     with contextlib.suppress(OSError):
                         tls.sendall(self.service.refusal(reason))
                         tls.shutdown(socket.SHUT_WR)
-                        tls.raw.settimeout(LINGER_TIMEOUT)
-                        tls.raw.recv(READ_SIZE)
+                        discard_input(tls.raw, timeout=LINGER_TIMEOUT)
             finally:
                 sock.close()
                 with self._idle:
