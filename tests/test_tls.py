@@ -174,6 +174,22 @@ def test_plain_client_on_a_tls_port_is_told_in_clear_text(serve):
         assert client.request("upper", "sigo") == "SIGO"
 
 
+def test_plain_client_that_keeps_sending_after_the_answer_is_cut(serve):
+    # After its clear-text answer the server reads and drops what the client still
+    # sends, for a bounded time: a client trickling bytes cannot hold the connection.
+    server = serve(EchoService(), ssl=server_ssl())
+    with connect(server.address) as sock:
+        sock.sendall(b"hola\n")
+        assert sock.recv(100).startswith(b"ERR tls_required")
+        started = time.monotonic()
+        with pytest.raises(OSError):  # closed by the server: our next bytes meet a reset
+            while time.monotonic() - started < 5:
+                sock.sendall(b"x")
+                time.sleep(0.2)  # the trickle: a byte well within each read's timeout
+        assert time.monotonic() - started < 4
+    assert_echo_still_serves(server.address)
+
+
 @pytest.mark.parametrize(
     "service",
     [GreetService(), EchoService(), MessageService(), ChatService()],
@@ -221,16 +237,22 @@ def test_contexts_refuse_tls_below_1_2():
         assert server_context(pem).minimum_version == ssl.TLSVersion.TLSv1_2
 
 
-def test_tlssocket_nonblocking_send_never_loses_or_repeats_bytes():
-    # A peer that reads slowly: send() keeps saying "would block", then takes the rest.
+def tls_pair() -> tuple[TLSSocket, TLSSocket]:
+    """A server and a client TLSSocket over a socketpair, handshake done."""
     left, right = socket.socketpair()
-    left.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
     server = TLSSocket(left, server_ssl(), server_side=True)
     client = TLSSocket(right, client_ssl(), server_side=False, server_hostname="localhost")
     shaking = threading.Thread(target=client.handshake, args=(5,))
     shaking.start()
     server.handshake(5)
     shaking.join()
+    return server, client
+
+
+def test_tlssocket_nonblocking_send_never_loses_or_repeats_bytes():
+    # A peer that reads slowly: send() keeps saying "would block", then takes the rest.
+    server, client = tls_pair()
+    server.raw.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
     payload = bytes(range(256)) * 4096  # 1 MiB
     received = bytearray()
 
@@ -250,24 +272,12 @@ def test_tlssocket_nonblocking_send_never_loses_or_repeats_bytes():
             view = view[server.send(view, socket.MSG_DONTWAIT) :]
         except BlockingIOError:
             blocked += 1
-            select.select([], [left], [], 1.0)  # as the runtime's flusher polls
+            select.select([], [server], [], 1.0)  # as the runtime's flusher polls
     reader.join(10)
     assert bytes(received) == payload
     assert blocked > 0  # the socket did push back, so the bookkeeping was exercised
-    left.close()
-    right.close()
-
-
-def tls_pair() -> tuple[TLSSocket, TLSSocket]:
-    """A server and a client TLSSocket over a socketpair, handshake done."""
-    left, right = socket.socketpair()
-    server = TLSSocket(left, server_ssl(), server_side=True)
-    client = TLSSocket(right, client_ssl(), server_side=False, server_hostname="localhost")
-    shaking = threading.Thread(target=client.handshake, args=(5,))
-    shaking.start()
-    server.handshake(5)
-    shaking.join()
-    return server, client
+    server.close()
+    client.close()
 
 
 def test_tlssocket_reads_every_waiting_record_in_one_call():

@@ -1,21 +1,23 @@
-"""Opening sockets: listening, binding and connecting, with OSError translated.
+"""Opening sockets (listening, binding and connecting, with OSError translated), and lingering.
 
 Both runtimes open their sockets here, so binding rules (address reuse, dual
 stack for ``::``) and error messages are the same whichever runtime serves.
 Every failure is raised as a :class:`~enlace.exceptions.NetworkError` whose
 message names the address, e.g. ``cannot listen on 127.0.0.1:8000: address
-already in use``.
+already in use``. :func:`discard_input` is the blocking half of a lingering close.
 """
 
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import Sequence
 from typing import Any
 
 from enlace.exceptions import AddressError, translate_oserror
+from enlace.limits import READ_SIZE
 
-__all__ = ["connect_tcp", "listen_tcp", "listen_udp", "peer_address"]
+__all__ = ["connect_tcp", "discard_input", "listen_tcp", "listen_udp", "peer_address"]
 
 
 _AddressInfo = tuple[socket.AddressFamily, socket.SocketKind, int, str, tuple[Any, ...]]
@@ -85,6 +87,28 @@ def connect_tcp(host: str, port: int, *, timeout: float | None = 10.0) -> socket
     sock.settimeout(None)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return sock
+
+
+def discard_input(sock: socket.socket, *, timeout: float, max_bytes: int | None = None) -> None:
+    """Read and drop what the peer still sends, until it closes, ``timeout`` or ``max_bytes``.
+
+    The blocking half of a lingering close (Apache's, nginx's): after our last bytes
+    and ``shutdown(SHUT_WR)``, closing with input unread would reset the connection
+    and destroy those bytes in the peer's receive buffer. ``timeout`` covers all the
+    reads, not each, so a peer that trickles bytes cannot stretch it. Raises OSError
+    as ``recv`` does.
+    """
+    deadline = time.monotonic() + timeout
+    discarded = 0
+    while max_bytes is None or discarded < max_bytes:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return
+        sock.settimeout(remaining)
+        chunk = sock.recv(READ_SIZE)
+        if not chunk:
+            return
+        discarded += len(chunk)
 
 
 def peer_address(address: object) -> tuple[str, int]:

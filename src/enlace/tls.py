@@ -27,6 +27,7 @@ from typing import cast
 
 from enlace.exceptions import ConnectionClosed, Timeout, TLSError
 from enlace.limits import READ_SIZE, TLS_HANDSHAKE_TIMEOUT
+from enlace.sockets import discard_input
 
 _Bytes = bytes | bytearray | memoryview
 
@@ -35,6 +36,7 @@ __all__ = [
     "client_context",
     "client_handshake",
     "handshake_failure",
+    "handshake_failure_reason",
     "is_tls_hello",
     "resolve_context",
     "server_context",
@@ -147,6 +149,12 @@ def handshake_failure(exc: BaseException, where: str) -> TLSError:
     return TLSError(f"TLS to {where} failed: {reason}")
 
 
+def handshake_failure_reason(exc: OSError) -> str:
+    """A short reason for the log line of a failed handshake (``ssl.SSLError`` included)."""
+    reason = getattr(exc, "reason", None) or exc.strerror or str(exc)
+    return str(reason) if reason else f"connection lost ({type(exc).__name__})"
+
+
 def server_handshake(
     sock: socket.socket, context: ssl.SSLContext, *, timeout: float | None
 ) -> TLSSocket:
@@ -169,8 +177,7 @@ def server_handshake(
     except (TimeoutError, BlockingIOError):
         raise TLSError("timed out") from None
     except OSError as exc:  # ssl.SSLError included
-        reason = getattr(exc, "reason", None) or exc.strerror or str(exc)
-        raise TLSError(str(reason) or f"connection lost ({type(exc).__name__})") from None
+        raise TLSError(handshake_failure_reason(exc)) from None
     return tls
 
 
@@ -184,8 +191,7 @@ def _tell_plain_client(sock: socket.socket, first: bytes) -> None:
         sock.settimeout(_PLAIN_ANSWER_TIMEOUT)
         sock.sendall(tls_required_answer(first))
         sock.shutdown(socket.SHUT_WR)
-        while sock.recv(READ_SIZE):
-            pass
+        discard_input(sock, timeout=_PLAIN_ANSWER_TIMEOUT)
 
 
 class TLSSocket:
@@ -216,9 +222,11 @@ class TLSSocket:
             server_side=server_side,
             server_hostname=server_hostname,
         )
-        self._lock = threading.Lock()  # the SSLObject and _out
-        self._wire = threading.Lock()  # sending _out, so records leave in order
-        self._out = bytearray()  # ciphertext made, not yet sent
+        self._lock = threading.Lock()  # the SSLObject and its two BIOs
+        # Sending, so records leave in the order they left the outgoing BIO; and _out,
+        # which a send passes to the kernel (a bytearray being sent cannot grow).
+        self._wire = threading.Lock()
+        self._out = bytearray()  # ciphertext taken from the BIO, not yet sent
         # Plaintext at the head of the caller's next send() that is already in _out:
         # send() reported "would block" for it, and the caller will offer it again.
         self._owed = 0
@@ -343,8 +351,6 @@ class TLSSocket:
                     self._readable = False
                     break
             made = self._outgoing.pending
-            if made:
-                self._out += self._outgoing.read()
         if made:
             self._flush_quietly()
         return total or None
@@ -364,18 +370,25 @@ class TLSSocket:
         Like a socket, what was not taken must be offered again, first.
         """
         with self._wire:
-            self._send_nowait()
             if self._out:
-                raise BlockingIOError("TLS output is waiting for the socket")
+                self._send_nowait()
+                if self._out:
+                    raise BlockingIOError("TLS output is waiting for the socket")
             if self._owed:
                 taken, self._owed = self._owed, 0
                 return taken
             chunk = memoryview(data)[:_SEND_CHUNK]
             with self._lock:
                 self._obj.write(chunk)
-                self._out += self._outgoing.read()
-            self._send_nowait()
-            if self._out:
+                out = self._outgoing.read()
+            # Nothing is waiting (the common case): the records go straight out,
+            # and only what the socket does not take is kept.
+            try:
+                sent = self.raw.send(out, _DONTWAIT)
+            except BlockingIOError:
+                sent = 0
+            if sent < len(out):
+                self._out += memoryview(out)[sent:]
                 self._owed = len(chunk)
                 raise BlockingIOError("TLS output is waiting for the socket")
             return len(chunk)
@@ -395,13 +408,14 @@ class TLSSocket:
                 sent = self.raw.send(self._out, _DONTWAIT)
             except BlockingIOError:
                 return
-            with self._lock:
-                del self._out[:sent]
+            del self._out[:sent]
 
     def _flush_quietly(self) -> None:
-        # Output made by a read (a ticket, a key update): sent now if the socket
-        # takes it, else by the next send() or at close.
+        # Output made by a read (a renegotiation, a key update): sent now if the
+        # socket takes it, else by the next send() or at close.
         with self._wire, contextlib.suppress(OSError):
+            with self._lock:
+                self._out += self._outgoing.read()
             self._send_nowait()
 
     # -- the rest of the socket interface ----------------------------------------
@@ -430,13 +444,13 @@ class TLSSocket:
     def _close_notify(self) -> None:
         # Best effort and never blocking for long: a peer that stopped reading
         # does not get to hold the closing thread.
-        with self._lock:
-            with contextlib.suppress(ssl.SSLError, ValueError):
-                self._obj.unwrap()
-            self._out += self._outgoing.read()
         if not self._wire.acquire(timeout=1.0):
             return
         try:
+            with self._lock:
+                with contextlib.suppress(ssl.SSLError, ValueError):
+                    self._obj.unwrap()
+                self._out += self._outgoing.read()
             self.raw.settimeout(1.0)
             with contextlib.suppress(OSError):
                 self.raw.sendall(self._out)

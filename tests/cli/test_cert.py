@@ -31,6 +31,16 @@ def test_cert_writes_files_and_prints_the_flags(cert, runtime):
     assert again.stderr.decode().strip() == f"enlace: {cert_file} exists; use --force to replace it"
 
 
+def test_cert_for_a_bracketed_ipv6_address_prints_usable_commands(tmp_path, runtime):
+    result = run("cert", "[::1]", "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    out = result.stdout.decode()
+    assert "enlace chat [::1]:8080 --tls" in out
+    assert f"enlace connect --tls --ca {tmp_path / 'enlace-cert.pem'} ::1 PORT" in out
+    assert "-connect [::1]:8080 " in out
+    assert "[[" not in out
+
+
 def test_chat_over_tls_with_a_token_end_to_end(cert, runtime):
     cert_file, key_file, _ = cert
     flags = ["--tls-cert", str(cert_file), "--tls-key", str(key_file), "--token", "s3cret"]

@@ -24,21 +24,15 @@ from enlace.limits import READ_SIZE
 from enlace.logs import log_handshake_failed, log_refused
 from enlace.policy import ConnectionPolicy
 from enlace.sockets import peer_address
-from enlace.tls import is_tls_hello
+from enlace.tls import handshake_failure_reason, is_tls_hello
 
-__all__ = ["TLSAcceptor", "handshake_failure_reason"]
+__all__ = ["TLSAcceptor"]
 
 # After answering a plain client, how long we read and discard what it still
 # sends before closing, so that its unread bytes do not reset our answer.
 _LINGER_TIMEOUT = 2.0
 # Back-off after a failed accept (out of descriptors or memory) instead of spinning.
 _ACCEPT_BACKOFF = 0.1
-
-
-def handshake_failure_reason(exc: OSError) -> str:
-    """A short reason for the log line of a failed handshake (``ssl.SSLError`` included)."""
-    reason = getattr(exc, "reason", None) or exc.strerror or str(exc)
-    return str(reason) if reason else f"connection lost ({type(exc).__name__})"
 
 
 class TLSAcceptor:

@@ -14,6 +14,7 @@ import ipaddress
 import os
 from pathlib import Path
 
+from enlace.addresses import format_address
 from enlace.exceptions import EnlaceError
 
 __all__ = ["DEFAULT_DAYS", "DEFAULT_HOSTS", "make_certificate", "run_cert"]
@@ -89,14 +90,14 @@ def run_cert(hosts: list[str], *, out: Path, days: int, force: bool) -> int:
                 raise EnlaceError(f"{path} exists; use --force to replace it")
     out.mkdir(parents=True, exist_ok=True)
     make_certificate(hosts, cert_path, key_path, days=days)
-    host = hosts[0]
-    target = f"[{host}]" if ":" in host else host
+    host = hosts[0].strip("[]")  # "[::1]" is accepted as a name, as make_certificate() does
+    target = format_address(host, 8080)
     print(f"enlace: wrote {cert_path} (certificate for {', '.join(hosts)}; valid {days} days)")
     print(f"enlace: wrote {key_path} (its private key: keep it secret)")
     print(f"  server: enlace serve chat --tls-cert {cert_path} --tls-key {key_path}")
-    print(f"  client: enlace chat {target}:8080 --tls --ca {cert_path} --nick ana")
+    print(f"  client: enlace chat {target} --tls --ca {cert_path} --nick ana")
     print(f"          enlace connect --tls --ca {cert_path} {host} PORT")
-    print(f"  openssl s_client -connect {target}:8080 -CAfile {cert_path} -verify_return_error")
+    print(f"  openssl s_client -connect {target} -CAfile {cert_path} -verify_return_error")
     print(
         "Self-signed: clients trust it only with --ca. Fine on your machines and a LAN; "
         "for the public, use a certificate from a public CA."

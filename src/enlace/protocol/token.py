@@ -89,8 +89,10 @@ class TokenGate:
         if isinstance(request, TextCommand) and request.name == "token":
             secret = request.rest
         elif isinstance(request, JsonRequest) and request.cmd == "token":
-            secret = request.line if request.line is not None else request.args[:1] or [None]
-            secret = secret[0] if isinstance(secret, list) else secret
+            if request.line is not None:
+                secret = request.line
+            elif request.args:
+                secret = request.args[0]
         else:
             form_request = request if isinstance(request, JsonRequest | BadRequest) else None
             return self._refuse(

@@ -24,6 +24,7 @@ from enlace.addresses import format_address
 from enlace.limits import READ_SIZE
 from enlace.logs import log_closed
 from enlace.services.base import StreamHandler
+from enlace.sockets import discard_input
 from enlace.sync.outbound import Outbound
 
 if TYPE_CHECKING:
@@ -125,10 +126,12 @@ class Connection:
     def write(self, data: bytes) -> None:
         if not data or self._closing:
             return  # as in the asyncio runtime: nothing is sent after close()
-        if self._corked is not None and _get_ident() == self._owner:
+        own = _get_ident() == self._owner
+        if own and self._corked is not None:
             self._corked.append(data)
         else:
-            self._send(data)
+            # Never blocks another client's thread (a broadcast); see enlace.sync.outbound.
+            self._outbound.send(data, own)
 
     def close(self) -> None:
         if self._close_requested.is_set():
@@ -155,25 +158,20 @@ class Connection:
         done: Callable[[Any, BaseException | None], None],
     ) -> None:
         corked = self._corked
-        if corked and threading.get_ident() == self._owner:
+        if corked and _get_ident() == self._owner:
             # Replies already written in this callback go out before we block, so
             # events pushed meanwhile by other threads cannot overtake them.
-            self._send(_take(corked))
+            self._outbound.send(_take(corked), True)
         future = asyncio.run_coroutine_threadsafe(work, _helper_loop())
         try:
             result, error = future.result(), None
         except BaseException as exc:  # noqa: BLE001 - handed to done(), which decides
             result, error = None, exc
-        if threading.get_ident() == self._owner:
-            done(result, error)  # already inside a corked callback
-        else:
-            self._call(done, result, error)
+        # On the connection's thread this is still inside a corked callback; on
+        # another, done()'s writes go out as they come, in order.
+        done(result, error)
 
     # -- the connection's thread -------------------------------------------
-
-    def _send(self, data: bytes) -> None:
-        # Never blocks another client's thread (a broadcast); see enlace.sync.outbound.
-        self._outbound.send(data, _get_ident() == self._owner)
 
     def _send_failed(self, reason: str, error: OSError | None) -> None:
         self._send_failure = (reason, error)
@@ -183,17 +181,14 @@ class Connection:
             self._sock.shutdown(socket.SHUT_RDWR)  # wake the connection's thread
 
     def _call(self, callback: Callable[..., None], *args: object) -> None:
-        """Run a handler callback with writes corked, then send them in one go."""
-        if _get_ident() != self._owner:
-            callback(*args)  # another thread's writes are sent as they come, in order
-            return
+        """On the connection's thread: run a handler callback with writes corked, then send them."""
         corked = self._corked = self._cork
         try:
             callback(*args)
         finally:
             self._corked = None
             if corked:
-                self._send(_take(corked))
+                self._outbound.send(_take(corked), True)
 
     def run(self) -> None:
         self._owner = threading.get_ident()
@@ -231,7 +226,7 @@ class Connection:
                     received(data)
                 finally:
                     self._corked = None
-                    if corked:  # _send(), on the connection's own thread
+                    if corked:  # on the connection's own thread, so Outbound may throttle it
                         send(corked.pop() if len(corked) == 1 else _take(corked), True)
             if self._send_failure is not None:
                 reason, error = self._send_failure
@@ -272,17 +267,6 @@ class Connection:
         )
 
     def _linger(self) -> None:
-        sock = self._sock
-        deadline = time.monotonic() + LINGER_TIMEOUT
-        discarded = 0
         with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_WR)
-            while discarded < LINGER_BYTES:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                sock.settimeout(remaining)
-                chunk = sock.recv(READ_SIZE)
-                if not chunk:
-                    break
-                discarded += len(chunk)
+            self._sock.shutdown(socket.SHUT_WR)
+            discard_input(self._sock, timeout=LINGER_TIMEOUT, max_bytes=LINGER_BYTES)

@@ -40,7 +40,7 @@ from enlace.limits import (
 from enlace.logs import log_handshake_failed, log_refused, logger_for
 from enlace.policy import ConnectionPolicy
 from enlace.services.base import StreamService
-from enlace.sockets import listen_tcp, peer_address
+from enlace.sockets import discard_input, listen_tcp, peer_address
 from enlace.sync.connection import LINGER_TIMEOUT, Connection
 from enlace.tls import TLSSocket, server_handshake
 
@@ -98,6 +98,7 @@ class Server:
         )
         self._connections: set[Connection] = set()
         self._starting = 0  # threads handshaking, not yet in _connections
+        self._closing = False  # shutdown has closed the connections it found
         self._tls_refusals = 0
         self._idle = threading.Condition()
         self._wake_r, self._wake_w = socket.socketpair()
@@ -152,6 +153,7 @@ class Server:
                 if remaining is not None and remaining <= 0:
                     break
                 self._idle.wait(remaining)
+            self._closing = True
             leftovers = list(self._connections)
         for connection in leftovers:
             connection.close()
@@ -292,8 +294,7 @@ class Server:
                     with contextlib.suppress(OSError):
                         tls.sendall(self.service.refusal(reason))
                         tls.shutdown(socket.SHUT_WR)
-                        tls.raw.settimeout(LINGER_TIMEOUT)
-                        tls.raw.recv(READ_SIZE)
+                        discard_input(tls.raw, timeout=LINGER_TIMEOUT)
             finally:
                 sock.close()
                 with self._idle:
@@ -363,6 +364,10 @@ class Server:
                 self._starting -= 1
                 if connection is not None:
                     self._connections.add(connection)
+                    if self._closing:
+                        # Set up (a TLS handshake) after shutdown closed the others:
+                        # closed the same way, instead of served.
+                        connection.close()
             if connection is not None:
                 connection.run()
         finally:
