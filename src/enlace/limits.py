@@ -24,6 +24,8 @@ __all__ = [
     "HUB_PRESENCE_TTL",
     "HUB_TIMEOUT",
     "IDLE_TIMEOUT",
+    "LINGER_BYTES",
+    "LINGER_TIMEOUT",
     "MAX_AI_ANSWER",
     "MAX_AI_CONTEXT",
     "MAX_AI_LINE",
@@ -106,6 +108,15 @@ DRAIN_TIMEOUT = 10.0
 # One recv() worth: asyncio's own read size, large enough to amortize the
 # syscall, small enough that one busy client cannot starve the others.
 READ_SIZE = 256 * 1024
+
+# After the server closes a connection it reads and discards what the client still
+# sends, so that unread bytes do not make the kernel reset the connection and destroy
+# our last reply (the "lingering close" of Apache and nginx): a client that has read
+# our reply stops within a round trip; one that does not gets this long, in all.
+LINGER_TIMEOUT = 2.0
+# ...or until this much has been discarded: a client still sending that much is not
+# going to read our reply.
+LINGER_BYTES = 1024 * 1024
 
 # Pause reading from a client when this much output waits for it, so a client
 # that sends but does not read cannot make the server buffer without bound.

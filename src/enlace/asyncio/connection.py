@@ -25,7 +25,7 @@ from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, cast
 
 from enlace.addresses import format_address
-from enlace.limits import WRITE_BUFFER_HIGH
+from enlace.limits import LINGER_BYTES, LINGER_TIMEOUT, WRITE_BUFFER_HIGH
 from enlace.logs import log_closed, log_refused
 from enlace.services.base import StreamHandler
 from enlace.sockets import peer_address
@@ -43,11 +43,6 @@ _thread_id = threading.get_ident
 # hottest path), and a silent client is closed between 1 and 1.25 timeouts after
 # its last byte.
 _IDLE_CHECKS = 4
-
-# See enlace.sync.server: read and discard for a moment after closing, so our
-# last reply is not destroyed by a reset.
-_LINGER_TIMEOUT = 2.0
-_LINGER_BYTES = 1024 * 1024
 
 
 class Connection(asyncio.BaseProtocol):
@@ -362,11 +357,11 @@ class Connection(asyncio.BaseProtocol):
         transport.resume_reading()
         if self._timer is not None:
             self._timer.cancel()
-        self._timer = self._loop.call_later(_LINGER_TIMEOUT, transport.close)
+        self._timer = self._loop.call_later(LINGER_TIMEOUT, transport.close)
 
     def _discard(self, size: int) -> None:
         self._discarded += size
-        if self._discarded > _LINGER_BYTES and self._transport is not None:
+        if self._discarded > LINGER_BYTES and self._transport is not None:
             self._transport.close()
 
     def _check_idle(self) -> None:

@@ -20,7 +20,7 @@ import socket
 import ssl as _ssl
 from collections.abc import Callable
 
-from enlace.limits import READ_SIZE
+from enlace.limits import LINGER_TIMEOUT, READ_SIZE
 from enlace.logs import log_handshake_failed, log_refused
 from enlace.policy import ConnectionPolicy
 from enlace.sockets import peer_address
@@ -28,9 +28,6 @@ from enlace.tls import handshake_failure_reason, is_tls_hello
 
 __all__ = ["TLSAcceptor"]
 
-# After answering a plain client, how long we read and discard what it still
-# sends before closing, so that its unread bytes do not reset our answer.
-_LINGER_TIMEOUT = 2.0
 # Back-off after a failed accept (out of descriptors or memory) instead of spinning.
 _ACCEPT_BACKOFF = 0.1
 
@@ -155,6 +152,6 @@ class TLSAcceptor:
         await self._loop.sock_sendall(sock, self.plain_answer(first))
         sock.shutdown(socket.SHUT_WR)
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(_LINGER_TIMEOUT):
+            async with asyncio.timeout(LINGER_TIMEOUT):
                 while await self._loop.sock_recv(sock, READ_SIZE):
                     pass

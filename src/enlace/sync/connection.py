@@ -21,7 +21,7 @@ from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 from enlace.addresses import format_address
-from enlace.limits import READ_SIZE
+from enlace.limits import LINGER_BYTES, LINGER_TIMEOUT, READ_SIZE
 from enlace.logs import log_closed
 from enlace.services.base import StreamHandler
 from enlace.sockets import discard_input
@@ -30,13 +30,7 @@ from enlace.sync.outbound import Outbound
 if TYPE_CHECKING:
     from enlace.sync.server import Server
 
-__all__ = ["LINGER_TIMEOUT", "Connection"]
-
-# After the server closes a connection, it keeps reading (and discarding) for a
-# moment so that a client still sending does not get a reset that would destroy
-# our last reply in its receive buffer (the "lingering close" of Apache and nginx).
-LINGER_TIMEOUT = 2.0
-LINGER_BYTES = 1024 * 1024
+__all__ = ["Connection"]
 
 
 _get_ident = threading.get_ident  # bound once: called for every reply

@@ -30,6 +30,7 @@ from enlace.exceptions import EnlaceError, TLSError
 from enlace.limits import (
     DRAIN_TIMEOUT,
     IDLE_TIMEOUT,
+    LINGER_TIMEOUT,
     MAX_CONNECTIONS_THREADS,
     MAX_OUTBOUND,
     MAX_PER_IP,
@@ -41,7 +42,7 @@ from enlace.logs import log_handshake_failed, log_refused, logger_for
 from enlace.policy import ConnectionPolicy
 from enlace.services.base import StreamService
 from enlace.sockets import discard_input, listen_tcp, peer_address
-from enlace.sync.connection import LINGER_TIMEOUT, Connection
+from enlace.sync.connection import Connection
 from enlace.tls import TLSSocket, server_handshake
 
 __all__ = ["Server"]

@@ -25,7 +25,7 @@ import re
 import time
 from typing import TYPE_CHECKING, cast
 
-from enlace.limits import WRITE_BUFFER_HIGH
+from enlace.limits import LINGER_TIMEOUT, WRITE_BUFFER_HIGH
 from enlace.protocol.http import REASONS, HttpError, Request, RequestParser, response_head
 from enlace.sockets import peer_address
 from enlace.web.body import FileBody, FileSender
@@ -42,9 +42,6 @@ _monotonic = time.monotonic
 
 # Responses queued behind a file being sent before we stop reading a pipelining client.
 _MAX_QUEUED = 64
-# After our last response on a closing connection, how long we read and discard
-# what the client still sends, so that its unread bytes do not reset our reply.
-_LINGER_TIMEOUT = 2.0
 _NO_BODY_STATUS = (204, 304)
 # A WebSocket token in a logged request target (browsers can only send it there).
 _TOKEN_IN_TARGET = re.compile(rb"([?&]token=)[^&#]*")
@@ -450,7 +447,7 @@ class HttpConnection(asyncio.Protocol):
         if not self.eof and transport.can_write_eof():
             transport.write_eof()
             transport.resume_reading()  # read and discard until the client's EOF
-            self._arm(_LINGER_TIMEOUT)
+            self._arm(LINGER_TIMEOUT)
         else:
             transport.close()
 
