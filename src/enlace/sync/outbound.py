@@ -66,42 +66,27 @@ class Outbound:
 
     def send(self, data: bytes | memoryview, own_thread: bool) -> None:
         """Send ``data``, or queue it; with ``own_thread``, wait while the client lags."""
-        with self._mutex:
-            # Nothing waiting and nothing failed, the common case, skips straight to sending.
+        # acquire/release, not ``with``: this runs once per reply, and the with
+        # statement's special-method lookups cost more than the lock itself.
+        self._mutex.acquire()
+        try:
             if self._pending or self.failure is not None:
-                if own_thread and len(self._pending) > WRITE_BUFFER_HIGH:
-                    self._wait_below(WRITE_BUFFER_HIGH)
-                if self.failure is not None:
-                    return
-                limit = self._max_outbound
-                if limit is not None and len(self._pending) > limit:
-                    waiting = len(self._pending)
-                    self._fail(f"slow consumer: {waiting} bytes of output waiting (limit {limit})")
-                    return
-            if not self._pending:
-                # Again while the socket takes some: a TLSSocket takes at most
-                # 256 KiB per call, and a flusher thread is dear for the rest.
-                while True:
-                    try:
-                        taken = self._sock_send(data, _DONTWAIT)
-                    except BlockingIOError:
-                        break
-                    except OSError as exc:
-                        self._fail(f"connection lost: {exc.strerror or exc}", exc)
-                        return
-                    self.sent += taken
-                    if taken == len(data):
-                        return
-                    if not taken:
-                        break
-                    data = memoryview(data)[taken:]
-            self._pending += data
-            self._note_level()
-            if self._flusher is None:
-                self._flusher = threading.Thread(
-                    target=self._flush, name="enlace-outbound", daemon=True
-                )
-                self._flusher.start()
+                self._send_behind(data, own_thread)
+                return
+            # The common case: nothing waits, so the socket may take it all now.
+            try:
+                taken = self._sock_send(data, _DONTWAIT)
+            except BlockingIOError:
+                self._queue(data)
+                return
+            except OSError as exc:
+                self._fail(f"connection lost: {exc.strerror or exc}", exc)
+                return
+            self.sent += taken
+            if taken != len(data):
+                self._send_rest(memoryview(data)[taken:])
+        finally:
+            self._mutex.release()
 
     def drain(self, timeout: float | None) -> bool:
         """Wait until everything waiting is sent (before a graceful close)."""
@@ -120,6 +105,50 @@ class Outbound:
             self._lock.notify_all()
 
     # -- internals (called with the lock held) -----------------------------------
+
+    def _send_behind(self, data: bytes | memoryview, own_thread: bool) -> None:
+        """Send ``data`` when output is already waiting, or sending has failed."""
+        if own_thread and len(self._pending) > WRITE_BUFFER_HIGH:
+            self._wait_below(WRITE_BUFFER_HIGH)
+        if self.failure is not None:
+            return
+        limit = self._max_outbound
+        if limit is not None and len(self._pending) > limit:
+            waiting = len(self._pending)
+            self._fail(f"slow consumer: {waiting} bytes of output waiting (limit {limit})")
+            return
+        if self._pending:
+            self._queue(data)
+        else:
+            self._send_rest(data)  # the flusher sent everything while we waited
+
+    def _send_rest(self, data: bytes | memoryview) -> None:
+        """Send what the socket did not take at once; queue what it still refuses."""
+        # Again while the socket takes some: a TLSSocket takes at most 256 KiB per
+        # call, and a flusher thread is dear for the rest.
+        while data:
+            try:
+                taken = self._sock_send(data, _DONTWAIT)
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                self._fail(f"connection lost: {exc.strerror or exc}", exc)
+                return
+            if not taken:
+                break
+            self.sent += taken
+            data = memoryview(data)[taken:]
+        if data:
+            self._queue(data)
+
+    def _queue(self, data: bytes | memoryview) -> None:
+        self._pending += data
+        self._note_level()
+        if self._flusher is None:
+            self._flusher = threading.Thread(
+                target=self._flush, name="enlace-outbound", daemon=True
+            )
+            self._flusher.start()
 
     def _wait_below(self, level: int) -> None:
         timeout = self._slow_timeout
