@@ -50,7 +50,9 @@ from harness.tables import (
     compute_tls_cost,
     format_loadgen_cpu,
     format_notes,
+    format_round_ratios,
     format_tables,
+    round_ratios,
 )
 
 __all__ = ["main", "parse_args"]
@@ -184,6 +186,11 @@ def main(argv: list[str] | None = None) -> int:
         print(format_tables(suite, configs, results, ratios))
     else:
         print("no server could run")
+    rounds = round_ratios(suite, configs, results)
+    spread = format_round_ratios(configs, rounds) if args.repeat > 1 else ""
+    if spread:
+        print()
+        print(spread)
     cpu = format_loadgen_cpu(configs, results)
     if cpu:
         print()
@@ -211,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         "servers": results,
         "skipped": skipped,
         "ratios": ratios,
+        "round_ratios": rounds,
         "tls_cost": compute_tls_cost(configs, results),
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,7 @@ every server by its PID.
 
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
 import time
@@ -23,6 +24,7 @@ from harness.servers import (
     make_tls_files,
     missing_modules,
     start_server,
+    steal_seconds,
     stop_server,
 )
 from harness.suites import Config, Suite
@@ -164,6 +166,7 @@ def _run_cells(
                 if failure:
                     result: dict[str, Any] = {"ok": False, "error": failure}
                 else:
+                    stolen, started = steal_seconds(), time.monotonic()
                     result = run_loadgen(
                         loadgen,
                         plan.pin_loadgen,
@@ -175,6 +178,7 @@ def _run_cells(
                         plan.warmup,
                         tls_ca=tls_ca,
                     )
+                    result["steal"] = _steal_share(stolen, time.monotonic() - started)
                     if not result.get("ok") and (failure := server.failure()):
                         result["error"] = f"{result.get('error')} ({failure})"
                 runs[server.label][config.key].append(result)
@@ -185,3 +189,11 @@ def _run_cells(
                 )
                 time.sleep(0.05)  # let the server notice the closed connections
     return runs
+
+
+def _steal_share(before: float | None, elapsed: float) -> float | None:
+    """The share of the machine's CPU time stolen by the hypervisor since ``before``."""
+    after = steal_seconds()
+    if before is None or after is None or elapsed <= 0:
+        return None
+    return round((after - before) / (elapsed * (os.cpu_count() or 1)), 4)

@@ -58,6 +58,7 @@ __all__ = [
     "speedups_state",
     "start_polled",
     "start_server",
+    "steal_seconds",
     "stop_server",
 ]
 
@@ -409,6 +410,19 @@ def machine_busy(seconds: float = 0.5) -> float | None:
     except (OSError, ValueError, IndexError):
         return None
     return 1 - (idle1 - idle0) / (total1 - total0) if total1 > total0 else None
+
+
+def steal_seconds() -> float | None:
+    """CPU time the hypervisor gave to other guests so far, all cores summed (Linux), or None.
+
+    On a virtual machine, time stolen from the cores during a cell slows whichever server
+    ran then; the harness measures it around each cell so that such a cell can be told apart.
+    """
+    try:
+        values = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+        return int(values[7]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def raise_open_files(needed: int) -> tuple[bool, str]:

@@ -15,22 +15,26 @@ from harness.suites import Config, Suite
 __all__ = [
     "ERROR_COUNTS",
     "LOADGEN_BUSY",
+    "STOLEN",
     "cell_summary",
     "compute_ratios",
     "compute_tls_cost",
     "format_loadgen_cpu",
     "format_notes",
+    "format_round_ratios",
     "format_tables",
     "median_run",
     "ok_cell",
     "pct",
     "rate",
     "render",
+    "round_ratios",
     "us",
 ]
 
 ERROR_COUNTS = ("connect_failures", "conn_errors", "mismatches", "unexpected_frames")
 LOADGEN_BUSY = 0.85  # a load generator using more of its core may be the bottleneck
+STOLEN = 0.02  # a cell during which the hypervisor took more of the machine is suspect
 
 
 def rate(rps: float) -> str:
@@ -81,6 +85,54 @@ def compute_ratios(
                 value = {"value": None, "versus": None}
             ratios[ratio.label][config.key] = value
     return ratios
+
+
+def round_ratios(
+    suite: Suite, configs: list[Config], results: dict[str, dict[str, Any]]
+) -> dict[str, dict[str, list[float]]]:
+    """Each ratio column's value in every round in which all its servers measured something.
+
+    The cells' medians can come from different rounds; these per-round values show how far
+    one round can stray from the median ratio, that is how much of a ratio is noise.
+    """
+
+    def runs(name: str, config: Config) -> list[dict[str, Any]]:
+        cell = results.get(name, {}).get("cells", {}).get(config.key) or {}
+        return list(cell.get("runs") or [cell])
+
+    rounds: dict[str, dict[str, list[float]]] = {}
+    for ratio in suite.ratios:
+        rounds[ratio.label] = {}
+        for config in configs:
+            tops = runs(ratio.numerator, config)
+            peers = [runs(name, config) for name in ratio.denominators]
+            values = []
+            for n, top in enumerate(tops):
+                rates = [p[n]["rps"] for p in peers if n < len(p) and _measured(p[n])]
+                if _measured(top) and rates:
+                    values.append(top["rps"] / max(rates))
+            rounds[ratio.label][config.key] = values
+    return rounds
+
+
+def _measured(run: dict[str, Any]) -> bool:
+    return bool(run.get("ok") and run.get("requests"))
+
+
+def format_round_ratios(configs: list[Config], rounds: dict[str, dict[str, list[float]]]) -> str:
+    """The ratio columns' lowest, median and highest value over the rounds (two or more)."""
+    rows = [["ratio per round: min / median / max", *rounds]]
+    for config in configs:
+        row = [config.label]
+        for per_config in rounds.values():
+            values = sorted(per_config.get(config.key, []))
+            if len(values) < 2:
+                row.append("-")
+                continue
+            median = values[(len(values) - 1) // 2]
+            row.append(f"{values[0]:.2f} / {median:.2f} / {values[-1]:.2f}")
+        rows.append(row)
+    return render(rows) if any(c != "-" for row in rows[1:] for c in row[1:]) else ""
 
 
 def render(rows: list[list[str]], *, markdown: bool = False) -> str:
@@ -252,6 +304,11 @@ def format_notes(
             elif cell.get("errors") or cell.get("unexpected_frames"):
                 counts = ", ".join(f"{key} {cell[key]}" for key in ERROR_COUNTS if cell.get(key))
                 notes.append(f"! {name}, {config.label}: {counts}")
+            if cell.get("ok") and (cell.get("steal") or 0.0) > STOLEN:
+                notes.append(
+                    f"! {name}, {config.label}: the hypervisor took {cell['steal']:.0%} of the "
+                    "machine's CPU time during the median run; its number is suspect"
+                )
             if cell.get("ok") and cell.get("cpu", 0.0) > LOADGEN_BUSY:
                 notes.append(
                     f"! {name}, {config.label}: the load generator used {cell['cpu']:.0%} of its "
@@ -269,6 +326,8 @@ def cell_summary(result: dict[str, Any]) -> str:
     text = f"{rate(result['rps'])} req/s, p50 {us(result['p50_us'])}, p99 {us(result['p99_us'])}"
     if "cpu" in result:
         text += f", load generator CPU {result['cpu']:.0%}"
+    if (result.get("steal") or 0.0) >= STOLEN / 2:
+        text += f", {result['steal']:.0%} stolen by the hypervisor"
     if result.get("errors"):
         text += f", {result['errors']} errors"
     return text
