@@ -8,6 +8,7 @@ failure, a good client is served, so a failure never costs the server.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import select
 import socket
@@ -21,6 +22,7 @@ import trustme
 import enlace.asyncio
 import enlace.sync
 from enlace.exceptions import TLSError
+from enlace.limits import LINGER_TIMEOUT, MAX_LINGERING_REFUSALS
 from enlace.services import EchoService, GreetService, UpperService
 from enlace.services.chat import ChatService
 from enlace.services.message import MessageService
@@ -52,6 +54,11 @@ def tls_connect(address: tuple[str, int], name: str = "localhost") -> ssl.SSLSoc
 
 def sync_client(address: tuple[str, int], **options: object) -> enlace.sync.Client:
     return enlace.sync.Client(*address, ssl=client_ssl(), server_hostname="localhost", **options)
+
+
+def assert_echo_round_trip(sock: ssl.SSLSocket, data: bytes) -> None:
+    sock.sendall(data)
+    assert read_exactly(sock, len(data)) == data
 
 
 def assert_echo_still_serves(address: tuple[str, int]) -> None:
@@ -116,6 +123,75 @@ def test_over_capacity_tls_client_reads_the_refusal(serve):
         assert first.recv(1) == b"x"
         with tls_connect(server.address) as second:
             assert read_to_eof(second).startswith(b"ERR busy: too many connections")
+
+
+def test_a_refused_tls_client_that_talks_first_still_reads_the_refusal(serve):
+    # A client that writes before it reads: the server reads and drops its requests
+    # after the encrypted refusal (lingering close) instead of closing on them, which
+    # would reset the connection and destroy the unread "ERR busy".
+    server = serve(EchoService(), ssl=server_ssl(), max_connections=1)
+    with tls_connect(server.address) as first:
+        first.sendall(b"x")
+        assert first.recv(1) == b"x"
+        with tls_connect(server.address) as second:
+            for _ in range(3):
+                second.sendall(b"/ping\n")
+                time.sleep(0.1)  # pacing: each request reaches the server on its own
+            assert read_to_eof(second) == b"ERR busy: too many connections (limit 1)\r\n"
+        assert_echo_round_trip(first, b"still served")
+
+
+def test_a_refused_tls_client_that_trickles_is_cut_at_the_linger_timeout(serve):
+    server = serve(EchoService(), ssl=server_ssl(), max_connections=1)
+    with tls_connect(server.address) as first, tls_connect(server.address) as second:
+        assert_echo_round_trip(first, b"x")  # admitted before the second asked
+        assert second.recv(100) == b"ERR busy: too many connections (limit 1)\r\n"
+        started = time.monotonic()
+        with pytest.raises(OSError) as cut:  # closed by the server: our bytes meet a reset
+            while time.monotonic() - started < 5:
+                second.sendall(b"x")
+                assert_echo_round_trip(first, b"y")  # the admitted client is served meanwhile
+                time.sleep(0.2)  # the trickle: a byte well within the linger timeout
+        assert not isinstance(cut.value, TimeoutError)
+        # Read and dropped for LINGER_TIMEOUT in all, then closed: not at once, not later.
+        assert LINGER_TIMEOUT - 0.5 < time.monotonic() - started < LINGER_TIMEOUT + 1.5
+        assert_echo_round_trip(first, b"z")
+
+
+def test_refusals_lingering_at_once_are_bounded(serve):
+    # A flood of refused clients that never close: MAX_LINGERING_REFUSALS of them get
+    # the refusal and linger; the next is closed at once, without a handshake.
+    server = serve(EchoService(), ssl=server_ssl(), max_connections=1)
+    context = client_ssl()  # one for all: making one takes tens of milliseconds
+
+    def refused_client() -> ssl.SSLSocket:
+        return flood.enter_context(
+            context.wrap_socket(connect(server.address), server_hostname="localhost")
+        )
+
+    with tls_connect(server.address) as first, contextlib.ExitStack() as flood:
+        assert_echo_round_trip(first, b"x")
+        started = time.monotonic()
+        for _ in range(MAX_LINGERING_REFUSALS):
+            assert refused_client().recv(100).startswith(b"ERR busy")
+        # All of them still linger (they linger LINGER_TIMEOUT at most).
+        assert time.monotonic() - started < LINGER_TIMEOUT / 2
+        started = time.monotonic()
+        with pytest.raises(OSError) as closed:
+            refused_client()
+        assert not isinstance(closed.value, TimeoutError)
+        assert time.monotonic() - started < LINGER_TIMEOUT / 2
+        assert_echo_round_trip(first, b"still served")
+
+
+def test_quit_over_tls_closes_at_once(serve):
+    # Only refusals linger over TLS: a client that says /quit gets its reply and EOF.
+    server = serve(MessageService(), ssl=server_ssl())
+    with tls_connect(server.address) as sock:
+        started = time.monotonic()
+        sock.sendall(b"/quit\n")
+        assert read_to_eof(sock) == b"bye\n"
+        assert time.monotonic() - started < LINGER_TIMEOUT / 2
 
 
 # -- failures: the client says one clear thing, the server goes on ------------------------

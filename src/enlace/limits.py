@@ -44,6 +44,7 @@ __all__ = [
     "MAX_JSON",
     "MAX_JSON_DEPTH",
     "MAX_LINE",
+    "MAX_LINGERING_REFUSALS",
     "MAX_LISTING",
     "MAX_MARKS",
     "MAX_NICK",
@@ -117,6 +118,11 @@ LINGER_TIMEOUT = 2.0
 # ...or until this much has been discarded: a client still sending that much is not
 # going to read our reply.
 LINGER_BYTES = 1024 * 1024
+
+# Refused connections lingering at once, per server: each holds a socket (over TLS, a
+# handshake too) for up to LINGER_TIMEOUT, so a flood of refused clients cannot hold
+# sockets without bound; past it, a refused connection is closed at once.
+MAX_LINGERING_REFUSALS = 64
 
 # Pause reading from a client when this much output waits for it, so a client
 # that sends but does not read cannot make the server buffer without bound.

@@ -40,7 +40,10 @@ class Listener:
     """Accept TCP connections on ``host:port`` and give each to ``protocol_factory``.
 
     With ``ssl``, clients get a TLS handshake; one that does not start with one
-    is sent ``plain_answer(first_byte)`` in clear text and closed.
+    is sent ``plain_answer(first_byte)`` in clear text and closed, and
+    ``refusal_reason`` and ``refusal_answer`` (see
+    :class:`~enlace.asyncio.tlsaccept.TLSAcceptor`) refuse a client before its
+    handshake when the server is full.
     """
 
     def __init__(
@@ -56,6 +59,8 @@ class Listener:
         logger: logging.Logger,
         max_connections: int | None,
         handshake_timeout: float | None,
+        refusal_reason: Callable[[str, int, int], str | None] | None = None,
+        refusal_answer: Callable[[str], bytes] | None = None,
     ) -> None:
         self._loop = asyncio.get_running_loop()
         self._sock = listen_tcp(host, port, backlog=backlog)
@@ -76,6 +81,8 @@ class Listener:
                 # Handshakes in progress are bounded like connections: each holds a socket.
                 max_handshakes=max_connections or MAX_CONNECTIONS,
                 handshake_timeout=handshake_timeout,
+                refusal_reason=refusal_reason,
+                refusal_answer=refusal_answer,
             )
 
     async def start(self) -> None:
@@ -160,6 +167,8 @@ class ListeningServer(ABC, Generic[_C]):
         *,
         plain_answer: Callable[[bytes], bytes],
         logger: logging.Logger,
+        refusal_reason: Callable[[str, int, int], str | None] | None = None,
+        refusal_answer: Callable[[str], bytes] | None = None,
     ) -> None:
         self._loop = asyncio.get_running_loop()
         self._stopped = asyncio.Event()
@@ -174,6 +183,8 @@ class ListeningServer(ABC, Generic[_C]):
             logger=logger,
             max_connections=self.max_connections,
             handshake_timeout=self.handshake_timeout,
+            refusal_reason=refusal_reason,
+            refusal_answer=refusal_answer,
         )
         await self._listener.start()
 

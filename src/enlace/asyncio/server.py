@@ -10,7 +10,9 @@ accepted by :class:`~enlace.asyncio.tlsaccept.TLSAcceptor`, which looks at the
 first byte so that a plain client is told ``ERR tls_required`` in clear text
 instead of failing a handshake it does not know it is in. A
 :class:`~enlace.policy.ConnectionPolicy` (allow-list, per-address cap) is
-checked before any handler exists.
+checked before any handler exists. Over TLS, a client past a cap is refused by
+the acceptor before its handshake (:meth:`Server._tls_refusal`), which can
+linger after the encrypted refusal as a plain refusal does.
 """
 
 from __future__ import annotations
@@ -92,8 +94,37 @@ class Server(ListeningServer[Connection]):
         self._loop_thread = threading.get_ident()
         connection = connection_class(asyncio.get_running_loop())
         await self._listen(
-            lambda: connection(self), plain_answer=tls_required_answer, logger=self.logger
+            lambda: connection(self),
+            plain_answer=tls_required_answer,
+            logger=self.logger,
+            refusal_reason=self._tls_refusal,
+            refusal_answer=self.service.refusal,
         )
+
+    def _tls_refusal(self, host: str, pending: int, pending_from_host: int) -> str | None:
+        """Why a TLS client from ``host`` is refused before its handshake (None: admitted).
+
+        The connection's own checks, with the ``pending`` handshakes admitted so far
+        counted as the connections they are about to be (as the thread runtime holds
+        a slot during a handshake), so that the connection made after the handshake
+        is never the one to refuse.
+        """
+        limit = self.max_connections
+        if limit is not None and self._active + pending >= limit:
+            return f"too many connections (limit {limit})"
+        # The policy's own rule (loopback exempt, its limit), asked as if the pending
+        # handshakes from host and this client were counted, then undone.
+        counted = 0
+        try:
+            while counted <= pending_from_host:
+                refused = self.policy.acquire(host)
+                if refused is not None:
+                    return refused
+                counted += 1
+        finally:
+            for _ in range(counted):
+                self.policy.release(host)
+        return None
 
     def _force_close(self, connection: Connection) -> None:
         connection.force_close("server shutting down")

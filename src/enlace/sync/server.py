@@ -32,6 +32,7 @@ from enlace.limits import (
     IDLE_TIMEOUT,
     LINGER_TIMEOUT,
     MAX_CONNECTIONS_THREADS,
+    MAX_LINGERING_REFUSALS,
     MAX_OUTBOUND,
     MAX_PER_IP,
     READ_SIZE,
@@ -46,9 +47,6 @@ from enlace.sync.connection import Connection
 from enlace.tls import TLSSocket, server_handshake
 
 __all__ = ["Server"]
-
-# Refused sockets lingering at once; past this, refusals close straight away.
-_MAX_LINGERING_REFUSALS = 64
 
 
 class Server:
@@ -272,7 +270,7 @@ class Server:
         except OSError:
             sock.close()
             return
-        if len(lingering) >= _MAX_LINGERING_REFUSALS:
+        if len(lingering) >= MAX_LINGERING_REFUSALS:
             sock.close()
             return
         lingering[sock] = time.monotonic() + LINGER_TIMEOUT
@@ -280,10 +278,10 @@ class Server:
 
     def _refuse_tls(self, sock: socket.socket, peer: tuple[str, int], reason: str) -> None:
         # The refusal must be encrypted to be read, so it costs a handshake: done on
-        # a short-lived thread, at most _MAX_LINGERING_REFUSALS at once (past that,
+        # a short-lived thread, at most MAX_LINGERING_REFUSALS at once (past that,
         # a plain close), so a flood cannot make threads without bound.
         with self._idle:
-            if self._tls_refusals >= _MAX_LINGERING_REFUSALS:
+            if self._tls_refusals >= MAX_LINGERING_REFUSALS:
                 sock.close()
                 return
             self._tls_refusals += 1
