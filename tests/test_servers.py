@@ -5,6 +5,7 @@ Runs once per runtime (``enlace.sync.Server`` and ``enlace.asyncio.Server``).
 
 from __future__ import annotations
 
+import contextlib
 import selectors
 import socket
 import threading
@@ -12,6 +13,7 @@ import time
 
 import pytest
 
+from enlace.limits import LINGER_BYTES, LINGER_TIMEOUT, MAX_LINGERING_REFUSALS
 from enlace.services import EchoService, StreamHandler, StreamService
 from tests.conftest import connect, read_exactly, read_to_eof
 
@@ -67,6 +69,52 @@ def test_a_refused_client_that_already_sent_data_still_reads_the_refusal(serve):
         with connect(server.address) as second:
             second.sendall(b"hello?" * 1000)  # unread data must not turn our reply into a reset
             assert read_to_eof(second).startswith(b"ERR busy")
+
+
+def _reset_within(sock: socket.socket, seconds: float) -> bool:
+    """Whether sending to ``sock`` fails with a reset within ``seconds`` (the peer closed it)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            sock.send(b"x")
+        except (ConnectionResetError, BrokenPipeError):
+            return True
+        # Wait for the peer's answer to that byte, if any (a reset), not a fixed time.
+        selectors.DefaultSelector().select(0.01)
+    return False
+
+
+def test_refused_clients_lingering_at_once_are_bounded(serve):
+    # A flood of refused clients that never close: MAX_LINGERING_REFUSALS of them linger
+    # (the server keeps reading, so their late bytes cause no reset); past that, the
+    # refusal is sent and the socket closed at once, so late bytes meet a reset.
+    server = serve(EchoService(), max_connections=1)
+    with connect(server.address) as first, contextlib.ExitStack() as flood:
+        echo_once(first)
+        refused = [
+            flood.enter_context(connect(server.address)) for _ in range(MAX_LINGERING_REFUSALS + 1)
+        ]
+        for sock in refused:
+            assert read_to_eof(sock).startswith(b"ERR busy")  # the refusal, then our FIN
+        assert _reset_within(refused[-1], LINGER_TIMEOUT / 2)
+        assert not _reset_within(refused[0], 0.05)  # still lingering
+        echo_once(first)
+
+
+def test_a_refused_client_that_keeps_sending_is_cut_after_linger_bytes(serve):
+    # Lingering reads and drops a refused client's bytes, but not without end: past
+    # LINGER_BYTES the server closes, and the flood meets a reset, well before LINGER_TIMEOUT.
+    server = serve(EchoService(), max_connections=1)
+    with connect(server.address) as first, connect(server.address) as flood:
+        echo_once(first)
+        started = time.monotonic()
+        chunk = b"x" * 64 * 1024
+        with pytest.raises(OSError) as cut:
+            for _ in range(8 * LINGER_BYTES // len(chunk)):
+                flood.sendall(chunk)
+        assert not isinstance(cut.value, TimeoutError)
+        assert time.monotonic() - started < LINGER_TIMEOUT / 2
+        echo_once(first)
 
 
 def test_a_silent_client_is_closed_at_the_idle_timeout(serve):

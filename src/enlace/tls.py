@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import cast
 
 from enlace.exceptions import ConnectionClosed, Timeout, TLSError
-from enlace.limits import READ_SIZE, TLS_HANDSHAKE_TIMEOUT
+from enlace.limits import LINGER_BYTES, LINGER_TIMEOUT, READ_SIZE, TLS_HANDSHAKE_TIMEOUT
 from enlace.sockets import discard_input
 
 _Bytes = bytes | bytearray | memoryview
@@ -52,9 +52,6 @@ _DONTWAIT = int(socket.MSG_DONTWAIT)  # a plain int: the flag enum converts on e
 _SEND_CHUNK = 256 * 1024
 # The first raw receive buffer of a connection: two full TLS records.
 _RAW_READ_SIZE = 32 * 1024
-# How long a plain client on a TLS port gets to read its answer and close (the
-# runtimes' lingering close).
-_PLAIN_ANSWER_TIMEOUT = 2.0
 
 
 def server_context(cert: str | Path, key: str | Path | None = None) -> ssl.SSLContext:
@@ -188,10 +185,10 @@ def _tell_plain_client(sock: socket.socket, first: bytes) -> None:
         sock.setblocking(False)
         with contextlib.suppress(BlockingIOError):
             sock.recv(READ_SIZE)
-        sock.settimeout(_PLAIN_ANSWER_TIMEOUT)
+        sock.settimeout(LINGER_TIMEOUT)
         sock.sendall(tls_required_answer(first))
         sock.shutdown(socket.SHUT_WR)
-        discard_input(sock, timeout=_PLAIN_ANSWER_TIMEOUT)
+        discard_input(sock, timeout=LINGER_TIMEOUT, max_bytes=LINGER_BYTES)
 
 
 class TLSSocket:

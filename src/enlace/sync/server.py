@@ -30,6 +30,7 @@ from enlace.exceptions import EnlaceError, TLSError
 from enlace.limits import (
     DRAIN_TIMEOUT,
     IDLE_TIMEOUT,
+    LINGER_BYTES,
     LINGER_TIMEOUT,
     MAX_CONNECTIONS_THREADS,
     MAX_LINGERING_REFUSALS,
@@ -200,8 +201,8 @@ class Server:
                             # Out of descriptors or memory: back off instead of spinning.
                             selector.unregister(listener)
                             paused_until = time.monotonic() + 0.1
-                    else:
-                        self._discard(key.fileobj, selector, lingering)  # type: ignore[arg-type]
+                    else:  # a lingering refusal: its data counts the bytes discarded
+                        self._discard(key.fileobj, key.data, selector, lingering)  # type: ignore[arg-type]
                 now = time.monotonic()
                 for sock, deadline in list(lingering.items()):
                     if deadline <= now:
@@ -274,7 +275,7 @@ class Server:
             sock.close()
             return
         lingering[sock] = time.monotonic() + LINGER_TIMEOUT
-        selector.register(sock, selectors.EVENT_READ, "linger")
+        selector.register(sock, selectors.EVENT_READ, [0])
 
     def _refuse_tls(self, sock: socket.socket, peer: tuple[str, int], reason: str) -> None:
         # The refusal must be encrypted to be read, so it costs a handshake: done on
@@ -293,7 +294,7 @@ class Server:
                     with contextlib.suppress(OSError):
                         tls.sendall(self.service.refusal(reason))
                         tls.shutdown(socket.SHUT_WR)
-                        discard_input(tls.raw, timeout=LINGER_TIMEOUT)
+                        discard_input(tls.raw, timeout=LINGER_TIMEOUT, max_bytes=LINGER_BYTES)
             finally:
                 sock.close()
                 with self._idle:
@@ -312,15 +313,19 @@ class Server:
 
     @staticmethod
     def _discard(
-        sock: socket.socket, selector: selectors.BaseSelector, lingering: dict[socket.socket, float]
+        sock: socket.socket,
+        discarded: list[int],
+        selector: selectors.BaseSelector,
+        lingering: dict[socket.socket, float],
     ) -> None:
         try:
-            done = not sock.recv(READ_SIZE)
+            size = len(sock.recv(READ_SIZE))
         except BlockingIOError:
             return
         except OSError:
-            done = True
-        if done:
+            size = 0
+        discarded[0] += size
+        if not size or discarded[0] > LINGER_BYTES:
             selector.unregister(sock)
             del lingering[sock]
             sock.close()
