@@ -13,7 +13,7 @@ import pytest
 import enlace.services.chat
 from tests.services.people import Person
 from tests.services.test_chat import join
-from tests.services.test_redis_hub import chat_on, redis_server  # noqa: F401 - fixtures
+from tests.services.test_redis_hub import chat_on, redis_server, wait_for  # noqa: F401
 
 # Slow Redis (paused for writes), not gone: well within the hub's own timeout.
 PATIENT = {"timeout": 5.0, "heartbeat": 1.0, "presence_ttl": 10.0}
@@ -125,6 +125,8 @@ def test_trying_again_after_hub_timeout_gets_the_nick(
 ):
     a = chat_on(hub=PATIENT)
     ana, carla = join(a, "ana"), join(a, "carla")
+    (hub,) = chat_on.hubs
+    session = hub.local.holder("ana")
     admin = redis_server.client()
     admin.execute_command("CLIENT", "PAUSE", "4000", "WRITE")
     try:
@@ -133,6 +135,7 @@ def test_trying_again_after_hub_timeout_gets_the_nick(
         assert ana.until("ERR")[-1] == TIMEOUT
         monkeypatch.setattr(enlace.services.chat, "_HUB_ANSWER_TIMEOUT", 10.0)
         ana.send("/nick anita")  # as told: try again
+        wait_for(lambda: hub.local.holder("anita") is session)  # the server has read it
         carla.send("/nick anita")  # held here for ana's second try meanwhile
         assert carla.until("ERR")[-1].startswith("ERR nick_taken: ")
     finally:

@@ -322,7 +322,11 @@ class RedisHub(Hub):
             await post(pipe)
             await pipe.execute()
 
-        self.link.clean_up(Op(run, lambda: self.local.deliver(room, left)))
+        op = Op(run, lambda: self.local.deliver(room, left))
+        if session.data.get("departed"):  # gone for good: it must leave /who
+            self.link.clean_up(op)
+        elif not self.link.submit(op):  # moving to another room, whose entry rewrites it
+            self.local.deliver(room, left)
 
     def publish(self, room: str, event: dict[str, Any], *, keep: bool) -> None:
         fallback = lambda: self.local.publish(room, event, keep=keep)  # noqa: E731
