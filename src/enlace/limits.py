@@ -40,6 +40,9 @@ __all__ = [
     "MAX_HEADERS",
     "MAX_HEADER_BYTES",
     "MAX_HISTORY",
+    "MAX_HUB_BATCH",
+    "MAX_HUB_CLEANUP",
+    "MAX_HUB_HELD",
     "MAX_HUB_PENDING",
     "MAX_JSON",
     "MAX_JSON_DEPTH",
@@ -224,6 +227,17 @@ HUB_MAX_BACKOFF = 2.0
 # Hub operations waiting for the hub's thread. Only a Redis slower than the server
 # fills the queue; past it, operations are refused (hub_busy), not held in memory.
 MAX_HUB_PENDING = 10_000
+
+# Cleanups (a departed client's nick release and presence removal) may queue this many
+# past MAX_HUB_PENDING, since a lost one keeps a name taken: room for a full server
+# (MAX_CONNECTIONS) to leave twice over; past it, the server re-registers instead.
+MAX_HUB_CLEANUP = 4096
+
+# Chat lines per pipeline to the hub: a burst costs one round trip, yet none waits long.
+MAX_HUB_BATCH = 256
+
+# Room events held for a joiner while its replay is read: a busy room's round trip's worth.
+MAX_HUB_HELD = 1024
 
 # How often a server tells the hub it lives, and how long its members and nicks
 # outlast its silence: a crashed server's people leave /who within HUB_PRESENCE_TTL

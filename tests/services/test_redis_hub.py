@@ -11,12 +11,15 @@ from __future__ import annotations
 import shutil
 import signal
 import subprocess
+import time
 from collections.abc import Iterator
 
 import pytest
 import redis
 
+from enlace.limits import MAX_HUB_CLEANUP
 from enlace.services.chat import ChatService
+from enlace.services.commands import CommandError
 from enlace.services.hub import HubError
 from enlace.services.redis_hub import BACK, UNREACHABLE, RedisHub
 from enlace.services.store import MemoryStore
@@ -77,17 +80,12 @@ def chat_on(serve, redis_server):
     """``chat_on()`` starts one more chat server on the shared Redis; returns its address."""
     hubs: list[RedisHub] = []
 
-    def start(max_history: int = 5, **options) -> tuple[str, int]:
+    def start(max_history: int = 5, *, hub: dict | None = None, **options) -> tuple[str, int]:
         # Quick heartbeats and reconnects: a test that goes wrong fails in seconds.
-        hub = RedisHub(
-            redis_server.url,
-            max_history=max_history,
-            heartbeat=0.2,
-            presence_ttl=1.0,
-            max_backoff=0.2,
-        ).start()
-        hubs.append(hub)
-        return serve(ChatService(hub=hub, flood_burst=None, **options)).address
+        bounds = {"heartbeat": 0.2, "presence_ttl": 1.0, "max_backoff": 0.2, **(hub or {})}
+        started = RedisHub(redis_server.url, max_history=max_history, **bounds).start()
+        hubs.append(started)
+        return serve(ChatService(hub=started, flood_burst=None, **options)).address
 
     start.hubs = hubs
     yield start
@@ -349,3 +347,67 @@ def test_a_malformed_message_on_the_hub_is_ignored_and_costs_no_outage(
     assert "could not be handled" not in caplog.text
     ana.close()
     carla.close()
+
+
+def wait_for(condition, timeout: float = 5.0) -> None:
+    """Until ``condition()`` holds (it watches the server in this process)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "the condition never held"
+        time.sleep(0.01)
+
+
+def fill_the_queue(chat: ChatService, hub: RedisHub) -> int:
+    """Chat lines into a hub whose Redis takes no writes, until it refuses one.
+
+    The first goes alone, so that the hub's thread is stuck sending it before the
+    others fill the queue. Returns how many it took: ``relleno 0`` to ``relleno N-1``.
+    """
+    for n in range(1000):
+        line = chat.event("message", room="general", text=f"relleno {n}", **{"from": "carla"})
+        try:
+            chat.post("general", line)
+        except CommandError as exc:
+            assert exc.code == "hub_busy"
+            return n
+        if n == 0:
+            wait_for(lambda: hub.link.pending == 0)
+    raise AssertionError("the hub's queue never filled")
+
+
+@pytest.mark.parametrize("max_cleanup", [MAX_HUB_CLEANUP, 0])
+def test_a_departure_under_overload_still_frees_its_nick_and_presence(
+    serve, redis_server, max_cleanup
+):
+    # Redis is slow (paused for writes), not gone: well within the hub's timeout. The
+    # departure's cleanups go past the full queue; with no room for them at all
+    # (max_cleanup=0), the server registers again before anything else instead.
+    hubs = [
+        RedisHub(redis_server.url, timeout=5, heartbeat=1, presence_ttl=10, **bounds).start()
+        for bounds in ({"max_pending": 8, "max_cleanup": max_cleanup}, {})
+    ]
+    try:
+        busy_chat, other_chat = (ChatService(hub=hub, flood_burst=None) for hub in hubs)
+        a, b = serve(busy_chat).address, serve(other_chat).address
+        ana, bob = join(a, "ana"), join(b, "bob")
+        ana_session = hubs[0].local.holder("ana")
+        admin = redis_server.client()
+        admin.execute_command("CLIENT", "PAUSE", "4000", "WRITE")
+        try:
+            taken = fill_the_queue(busy_chat, hubs[0])
+            ana.close()
+            wait_for(lambda: ana_session.data.get("departed") and "room" not in ana_session.data)
+        finally:
+            admin.execute_command("CLIENT", "UNPAUSE")
+        # Once server a has done all it queued: its lines, and ana's departure after them
+        # (or, registering again, before them).
+        last = f"[general] carla: relleno {taken - 1}"
+        until_all(bob, last, *(["* ana left the chat"] if max_cleanup else []))
+        bob.send("/who")
+        assert bob.until("general:")[-1] == "general: bob"
+        bob.send("/nick ana")
+        assert bob.until("you are now")[-1] == "you are now ana"
+        bob.close()
+    finally:
+        for hub in hubs:
+            hub.close()

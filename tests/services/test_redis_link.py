@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import queue
 import shutil
+import threading
+from concurrent.futures import Future
 
 import pytest
 
 from enlace.services.hub import HubError
-from enlace.services.redis_link import RedisLink
+from enlace.services.redis_link import Op, RedisLink
 from tests.services.test_redis_hub import RedisServer, running_redis
 
 
@@ -83,3 +86,55 @@ def test_a_link_that_failed_to_start_can_be_started_again(tmp_path):
     finally:
         link.close(_nothing)
         later.stop()
+
+
+def test_cleanups_go_past_the_cap_and_past_their_share_a_resync_goes_first_once(redis_server):
+    ran: list[str] = []
+    started, unblock = threading.Event(), Future()
+
+    async def register() -> None:
+        ran.append("register")
+
+    async def blocker() -> None:
+        ran.append("blocker")
+        started.set()
+        await asyncio.wrap_future(unblock)  # the link's thread is busy until the test says
+
+    def op(name: str) -> Op:
+        async def run() -> str:
+            ran.append(name)
+            return name
+
+        return Op(run, lambda: f"{name} fell back")
+
+    link = RedisLink(
+        redis_server.url,
+        channels=[b"test"],
+        scripts={},
+        on_message=lambda channel, data: None,
+        on_down=lambda error: None,
+        on_up=lambda: None,
+        register=register,
+        beat=_nothing,
+        logger=logging.getLogger("enlace.test"),
+        timeout=5.0,
+        max_pending=2,
+        max_cleanup=1,
+    )
+    link.start()
+    try:
+        assert link.submit(Op(blocker, lambda: None))
+        assert started.wait(5)
+        ops = {name: op(name) for name in ("a", "b", "c", "clean", "d", "late", "later")}
+        assert [link.submit(ops[name]) for name in "abc"] == [True, True, False]  # the cap
+        assert link.submit(ops["clean"], cleanup=True)  # past it, on the cleanups' share
+        assert not link.submit(ops["d"], cleanup=True)  # the share is taken
+        link.clean_up(ops["late"])  # no room at all: it falls back, and a resync is queued
+        link.clean_up(ops["later"])  # asked again before it ran: still one resync
+        assert ops["late"].future.result(0) == "late fell back"
+        assert ops["later"].future.result(0) == "later fell back"
+        unblock.set_result(None)
+        assert ops["clean"].future.result(5) == "clean"
+        assert ran == ["register", "blocker", "register", "a", "b", "clean"]
+    finally:
+        link.close(_nothing)

@@ -292,8 +292,10 @@ class LocalHub(Hub):
     def cancel(self, session: Session, nick: str) -> None:
         """Undo a :meth:`reserve` that will not be committed."""
         with self._lock:
-            session.data.pop("reserved", None)
             key = nick_key(nick)
+            reserved = session.data.get("reserved")
+            if reserved is not None and nick_key(reserved) == key:  # not a later one's
+                del session.data["reserved"]
             current = session.data.get("nick")
             if self._nicks.get(key) is session and (current is None or nick_key(current) != key):
                 del self._nicks[key]

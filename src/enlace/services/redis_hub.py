@@ -47,6 +47,17 @@ sessions the :class:`~enlace.services.hub.LocalHub` arbitrates) or owned by a
 server that no longer lives; so a crashed server's nicks free up with its
 heartbeat, and the heartbeat costs the same however many people are connected.
 Guest names come from a shared counter, handed out in blocks.
+:mod:`enlace.services.redis_nicks` does all this; it also makes sure that a
+``/nick`` answered ``hub_timeout`` (the chat stopped waiting) never takes effect.
+
+**Overload**: when Redis is slower than the server, the queue of operations
+fills up to :data:`~enlace.limits.MAX_HUB_PENDING`, and past it operations are
+refused: a chat line is answered ``hub_busy`` (nobody got it), a notice reaches
+this server's members only. What someone leaving owes Redis (its nick released,
+its presence removed) is never refused: such cleanups may take
+:data:`~enlace.limits.MAX_HUB_CLEANUP` places more, and past even those, this
+server registers again before anything else, which leaves in Redis the nicks
+and presence of exactly the people still here.
 
 **When Redis goes away** (a call fails or times out, or the subscription
 breaks), clients in rooms get one notice, :data:`UNREACHABLE`, and each server
@@ -64,10 +75,8 @@ history, and lines a server missed while cut off are not replayed to it.
 
 from __future__ import annotations
 
-import itertools
 import secrets
 import threading
-from collections import deque
 from concurrent.futures import Future
 from typing import Any
 
@@ -79,14 +88,16 @@ from enlace.limits import (
     HUB_PRESENCE_TTL,
     HUB_TIMEOUT,
     MAX_HISTORY,
+    MAX_HUB_CLEANUP,
+    MAX_HUB_HELD,
     MAX_HUB_PENDING,
 )
 from enlace.logs import logger_for
-from enlace.protocol.nicknames import guest_nick, nick_key
 from enlace.services.commands import CommandError
 from enlace.services.hub import ChatHooks, Hub, LocalHub, settled
 from enlace.services.message import Session
-from enlace.services.redis_link import Op, RedisLink
+from enlace.services.redis_link import Op, RedisLink, busy
+from enlace.services.redis_nicks import RedisNicks
 from enlace.services.redis_scripts import PREFIX as _P
 from enlace.services.redis_scripts import SCRIPTS
 from enlace.services.store import MemoryStore
@@ -96,11 +107,6 @@ __all__ = [
     "UNREACHABLE",
     "RedisHub",
 ]
-
-# Events held for one joiner while its replay is read: a round trip's worth.
-_MAX_HELD = 1024
-# Guest numbers taken from the shared counter at a time.
-_GUEST_BLOCK = 64
 
 #: The notice clients in rooms get when the hub becomes unreachable.
 UNREACHABLE = (
@@ -128,8 +134,8 @@ class RedisHub(Hub):
     :class:`~enlace.services.hub.HubError` if Redis cannot be reached) and
     :meth:`close` after, or use the hub as a context manager. ``max_history``
     is the messages each room keeps in Redis; ``timeout``, ``heartbeat``,
-    ``presence_ttl``, ``max_backoff`` and ``max_pending`` are the bounds of
-    the module docstring and of :mod:`enlace.services.redis_link`.
+    ``presence_ttl``, ``max_backoff``, ``max_pending`` and ``max_cleanup`` are
+    the bounds of the module docstring and of :mod:`enlace.services.redis_link`.
     """
 
     remote = True
@@ -144,6 +150,7 @@ class RedisHub(Hub):
         presence_ttl: float = HUB_PRESENCE_TTL,
         max_backoff: float = HUB_MAX_BACKOFF,
         max_pending: int = MAX_HUB_PENDING,
+        max_cleanup: int = MAX_HUB_CLEANUP,
     ) -> None:
         if presence_ttl < 2 * heartbeat:
             raise ValueError("presence_ttl must be at least two heartbeats")
@@ -164,14 +171,8 @@ class RedisHub(Hub):
             "guests": f"{_P}guests",
         }
         self._events = f"{_P}events".encode()
-        self._lock = threading.Lock()  # the joiners and the guest numbers
+        self._lock = threading.Lock()  # the joiners
         self._joining: dict[int, _Joining] = {}
-        self._guests: deque[int] = deque()
-        self._highest_guest = 0
-        # Names for newcomers while no block can be had: far above any block, so clashes
-        # with the shared counter's numbers are as good as impossible (and resolved if not).
-        self._spare_guests = itertools.count(10**8 + secrets.randbelow(9 * 10**8))
-        self._refilling = False
         self._mirrored: dict[str, int] = {}  # room -> the last sequence number copied
         self.link = RedisLink(
             url,
@@ -187,6 +188,17 @@ class RedisHub(Hub):
             heartbeat=heartbeat,
             max_backoff=max_backoff,
             max_pending=max_pending,
+            max_cleanup=max_cleanup,
+        )
+        #: This server's nicknames in Redis.
+        self.nicks = RedisNicks(
+            server_id=sid,
+            local=self.local,
+            link=self.link,
+            keys=self._keys,
+            ttl=self._ttl,
+            notify=lambda session, text: session.push(self._event("notice", text=text)),
+            renamed=self._renamed,
         )
 
     @property
@@ -218,39 +230,20 @@ class RedisHub(Hub):
     # -- nicknames -------------------------------------------------------------------
 
     def arrive(self, session: Session) -> str:
-        nick = guest_nick(self._next_guest())
-        self.local.register(session, nick)
-        self.link.submit(self._claim(session, nick, None))
-        return nick
+        return self.nicks.arrive(session)
 
     def depart(self, session: Session) -> None:
-        # Its nick, and the one a /nick still on its way may have claimed: queued after
-        # that claim, the release finds whichever this session holds.
-        nicks = {session.data.get("nick"), session.data.get("reserved")} - {None}
-        self.local.depart(session)
+        self.nicks.depart(session)
         with self._lock:
             self._joining.pop(session.id, None)
-        for nick in nicks:
-            keys, args = [self._nick(str(nick)), self._keys["nicks"]], [self._owner(session)]
-            self.link.submit(Op(self._releasing(keys, args), lambda: None))
 
     def rename(self, session: Session, nick: str) -> Future[str]:
-        old = str(session.data["nick"])
-        if nick_key(old) == nick_key(nick):  # another spelling of one's own name: no one to ask
-            self.local.rename(session, nick)
-            self.link.submit(self._claim(session, nick, None))  # the record shows the new one
-            return settled(old)
-        self.local.reserve(session, nick)
-        op = self._claim(session, nick, old)
-        if not self.link.submit(op):
-            self.local.cancel(session, nick)
-            raise _busy()
-        return op.future
+        return self.nicks.rename(session, nick)
 
     def send_private(self, sender: Session, nick: str, event: dict[str, Any]) -> Future[bool]:
         if self.local.holder(nick) is not None:
             return self.local.send_private(sender, nick, event)
-        keys, args = [self._nick(nick)], [f"{_P}server:", orjson.dumps(event)]
+        keys, args = [self.nicks.key(nick)], [f"{_P}server:", orjson.dumps(event)]
 
         async def run() -> bool:
             found = await self._script("private", keys, args)
@@ -291,6 +284,8 @@ class RedisHub(Hub):
         args += [self._events, self._ttl]
 
         async def run() -> None:
+            if session.data.get("departed"):  # its presence would outlive it
+                return
             before, kept = await self._script("enter", keys, args)
             if greeting is not None:
                 session.push(greeting)
@@ -327,7 +322,10 @@ class RedisHub(Hub):
             await post(pipe)
             await pipe.execute()
 
-        if not self.link.submit(Op(run, lambda: self.local.deliver(room, left))):
+        op = Op(run, lambda: self.local.deliver(room, left))
+        if session.data.get("departed"):  # gone for good: it must leave /who
+            self.link.clean_up(op)
+        elif not self.link.submit(op):  # moving to another room, whose entry rewrites it
             self.local.deliver(room, left)
 
     def publish(self, room: str, event: dict[str, Any], *, keep: bool) -> None:
@@ -335,7 +333,7 @@ class RedisHub(Hub):
         if self.link.submit(Op(None, fallback, batch=self._post(room, event, keep=keep))):
             return
         if keep:
-            raise _busy()
+            raise busy()
         self.local.deliver(room, event)  # a notice still reaches this server's members
 
     def members_of(self, room: str) -> list[Session]:
@@ -402,7 +400,7 @@ class RedisHub(Hub):
         for member, waiting in zip(members, joining, strict=True):
             if waiting is None or waiting.room != room:
                 member.push(event)
-            elif len(waiting.held) < _MAX_HELD:
+            elif len(waiting.held) < MAX_HUB_HELD:
                 waiting.held.append((seq, keep, event))
             else:
                 self.logger.warning("chat hub: dropped an event for a joiner of %s", room)
@@ -434,16 +432,16 @@ class RedisHub(Hub):
         for session in sessions.values():
             nick, room = str(session.data.get("nick")), session.data.get("room")
             presence = f"{room}\t{nick}" if room is not None else ""
-            args += [session.id, self._nick(nick), self._owner(session) + nick, presence]
+            args += [session.id, self.nicks.key(nick), self.nicks.owner(session) + nick, presence]
         keys = [self._keys[name] for name in ("alive", "servers", "members", "nicks")]
         lost = await self._script("register", keys, args)
-        await self._refill(replace=True)
+        await self.nicks.refill(replace=True)
         for room in self._mirrored:  # numbers restart if Redis lost its data
             self._mirrored[room] = 0
         for session_id in lost:
             displaced = sessions.get(int(session_id))
             if displaced is not None:
-                self._displace(displaced)
+                self.nicks.displace(displaced)
 
     async def _beat(self) -> None:
         pipe = self.link.client.pipeline(transaction=False)
@@ -459,92 +457,18 @@ class RedisHub(Hub):
 
     # -- helpers -----------------------------------------------------------------------
 
-    def _claim(self, session: Session, nick: str, old: str | None) -> Op:
-        """Claim ``nick`` for the session; with ``old``, a /nick awaiting the answer."""
-        room = session.data.get("room")
-        keys = [self._nick(nick), self._keys["members"], self._keys["nicks"]]
-        keys.append(self._nick(old if old is not None else nick))
-        args = [self.server_id, self._owner(session) + nick, f"{_P}server:", session.id]
-        args += [f"{room}\t{nick}" if room is not None else "", self._ttl, self._owner(session)]
-
-        async def run() -> str | None:
-            if await self._script("claim", keys, args) == 1:
-                return self.local.commit(session, nick) if old is not None else None
-            if old is None:  # a guest name or a respelling: someone elsewhere has it
-                if self.local.holder(nick) is session:
-                    self._displace(session)
-                return None
-            self.local.cancel(session, nick)
-            raise CommandError(
-                "nick_taken", f"{nick} is taken (or looks too much like a nick in use)"
-            )
-
-        def fallback() -> None:
-            if old is None:
-                return  # claimed when the hub is back
-            self.local.cancel(session, nick)
-            raise CommandError(
-                "hub_unreachable",
-                "names cannot change while the chat hub is unreachable (no server could check "
-                "yours with the others); try again when it is back",
-            )
-
-        return Op(run, fallback)
-
-    def _displace(self, session: Session) -> None:
-        """Someone on another server holds this session's nick: make it a guest, and say why."""
-        if session.data.get("departed"):
-            return
-        old = str(session.data.get("nick"))
-        new = guest_nick(self._next_guest())
-        self.local.commit(session, new)
-        self.link.submit(self._claim(session, new, None))
-        session.push(self._event("notice", text=(
-            f"{old} is in use on another server (the chat hub lost track of names while it was "
-            f"unreachable): you are {new} now; /nick NAME to choose another"
-        )))  # fmt: skip
+    def _renamed(self, session: Session, old: str, new: str) -> None:
         room = session.data.get("room")
         if room is not None:
             text = f"{old} is now known as {new}"
             self.publish(room, self._event("nick", room=room, old=old, new=new, text=text),
                          keep=False)  # fmt: skip
 
-    def _next_guest(self) -> int:
-        with self._lock:
-            if self._guests:
-                number = self._guests.popleft()
-                self._highest_guest = max(self._highest_guest, number)
-            else:
-                number = next(self._spare_guests)
-            low = len(self._guests) < _GUEST_BLOCK // 2
-            refill = low and self.link.up and not self._refilling
-            self._refilling = self._refilling or refill
-        if refill:
-            self.link.submit(Op(self._refill, self._refilled))
-        return number
-
-    async def _refill(self, *, replace: bool = False) -> None:
-        with self._lock:
-            floor = max(self._highest_guest, *self._guests, 0)
-        highest = await self._script("guests", [self._keys["guests"]], [floor, _GUEST_BLOCK])
-        with self._lock:
-            if replace:
-                self._guests.clear()
-            self._guests.extend(range(highest - _GUEST_BLOCK + 1, highest + 1))
-        self._refilled()
-
-    def _refilled(self) -> None:
-        with self._lock:
-            self._refilling = False
-
     def _ask(self, run: Any, fallback: Any) -> Future[Any]:
         op = Op(run, fallback)
         if not self.link.submit(op):
-            raise _busy()
+            raise busy()
         return op.future
-
-    def _releasing(self, keys: list[Any], args: list[Any]) -> Any:
-        return lambda: self._script("release", keys, args)
 
     def _script(self, name: str, keys: list[Any], args: list[Any], pipe: Any = None) -> Any:
         return self.link.scripts[name](keys, args, pipe)
@@ -568,19 +492,6 @@ class RedisHub(Hub):
             return self._chat.event(kind, **fields)
         return {"event": kind, **fields}
 
-    def _owner(self, session: Session) -> str:
-        return f"{self.server_id}\t{session.id}\t"
-
-    @staticmethod
-    def _nick(nick: str) -> str:
-        return f"{_P}nick:{nick_key(nick)}"
-
     @staticmethod
     def _room(room: str, what: str) -> str:
         return f"{_P}room:{room}:{what}"
-
-
-def _busy() -> CommandError:
-    return CommandError(
-        "hub_busy", "the chat hub is not keeping up; nothing was sent: try again in a moment"
-    )

@@ -9,7 +9,11 @@
   server asks happens in the order it asked; runs of operations marked
   ``batch`` (chat lines) share one pipeline, one round trip. Past
   ``max_pending`` operations :meth:`~RedisLink.submit` says no rather than let
-  the queue grow;
+  the queue grow, except to *cleanups* (what a departed client leaves to undo),
+  which may use ``max_cleanup`` places more: refusing those would leave a name
+  taken. Should even those run out, :meth:`~RedisLink.resync` (re-registering
+  everything this server holds, which undoes whatever a departure left) is
+  queued first, once however often it is asked for;
 - **a timeout on every call**, and no retries inside redis-py: the link decides;
 - **a subscription** to some channels, whose messages go to ``on_message`` in
   the order Redis sent them;
@@ -38,15 +42,18 @@ import redis.exceptions
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from enlace.limits import HUB_HEARTBEAT, HUB_MAX_BACKOFF, HUB_TIMEOUT, MAX_HUB_PENDING
+from enlace.limits import (
+    HUB_HEARTBEAT,
+    HUB_MAX_BACKOFF,
+    HUB_TIMEOUT,
+    MAX_HUB_BATCH,
+    MAX_HUB_CLEANUP,
+    MAX_HUB_PENDING,
+)
 from enlace.services.commands import CommandError
 from enlace.services.hub import HubError
 
-__all__ = ["Op", "RedisLink", "reason"]
-
-# Batched operations in one pipeline: one round trip for a burst, and nothing else
-# waits behind an unbounded one.
-_MAX_BATCH = 256
+__all__ = ["Answer", "Op", "RedisLink", "busy", "reason"]
 
 _UNREACHABLE_ERRORS = (
     redis.exceptions.ConnectionError,  # BusyLoadingError (a Redis loading its data) too
@@ -54,6 +61,27 @@ _UNREACHABLE_ERRORS = (
     TimeoutError,
     OSError,
 )
+
+
+class Answer(Future[Any]):
+    """A future that tells ``on_abandon`` when whoever waits on it gives up.
+
+    :func:`asyncio.wrap_future`, through which the chat awaits the hub, cancels
+    the future it wraps when the waiting is cancelled (the chat's
+    ``hub_timeout``), even a future that already holds its result: then
+    :meth:`cancel` returns False, as always, but ``on_abandon`` runs all the same
+    (on the canceller's thread, at each call), so an operation can undo what its
+    asker was told did not happen.
+    """
+
+    def __init__(self, on_abandon: Callable[[], None]) -> None:
+        super().__init__()
+        self._on_abandon = on_abandon
+
+    def cancel(self) -> bool:
+        cancelled = super().cancel()
+        self._on_abandon()
+        return cancelled
 
 
 class Op:
@@ -64,7 +92,8 @@ class Op:
     is not running). ``batch``, instead of ``run``, adds the operation's
     commands to a pipeline shared with the batched operations queued next to it.
     ``needs_redis`` operations run even while the link is down (that is how it
-    comes back), and fail instead of falling back.
+    comes back), and fail instead of falling back. ``future``, if given, is the
+    :attr:`future` to complete (an :class:`Answer`, say).
     """
 
     __slots__ = ("batch", "fallback", "future", "needs_redis", "run")
@@ -76,12 +105,13 @@ class Op:
         *,
         batch: Callable[[Any], Awaitable[Any]] | None = None,
         needs_redis: bool = False,
+        future: Future[Any] | None = None,
     ) -> None:
         self.run = run
         self.fallback = fallback
         self.batch = batch
         self.needs_redis = needs_redis
-        self.future: Future[Any] = Future()
+        self.future: Future[Any] = Future() if future is None else future
 
 
 def reason(error: BaseException, timeout: float = HUB_TIMEOUT) -> str:
@@ -95,6 +125,13 @@ def reason(error: BaseException, timeout: float = HUB_TIMEOUT) -> str:
     if isinstance(error, TimeoutError | redis.exceptions.TimeoutError):
         return f"no answer within {timeout:g} s"
     return str(error) or type(error).__name__
+
+
+def busy() -> CommandError:
+    """The refusal of an operation the queue had no room for."""
+    return CommandError(
+        "hub_busy", "the chat hub is not keeping up; nothing was sent: try again in a moment"
+    )
 
 
 def _resolve(future: Future[Any], value: Any = None, error: BaseException | None = None) -> None:
@@ -157,6 +194,7 @@ class RedisLink:
         heartbeat: float = HUB_HEARTBEAT,
         max_backoff: float = HUB_MAX_BACKOFF,
         max_pending: int = MAX_HUB_PENDING,
+        max_cleanup: int = MAX_HUB_CLEANUP,
     ) -> None:
         self.url = url
         #: ``url`` without its password.
@@ -165,6 +203,7 @@ class RedisLink:
         self.heartbeat = heartbeat
         self.max_backoff = max_backoff
         self.max_pending = max_pending
+        self.max_cleanup = max_cleanup
         self.logger = logger
         self.scripts: dict[str, Any] = {}
         #: Whether Redis answers (then operations run, else they fall back).
@@ -177,6 +216,7 @@ class RedisLink:
         self._ops: deque[Op] = deque()
         self._idle = True
         self._overflowing = False
+        self._resync_queued = False
         self._closing = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -190,6 +230,12 @@ class RedisLink:
         """The Redis client, for the link's thread (inside ``run``, ``register``, ``beat``)."""
         assert self._redis is not None, "the link is not started"
         return self._redis
+
+    @property
+    def pending(self) -> int:
+        """Operations waiting for the link's thread (besides those it is running)."""
+        with self._lock:
+            return len(self._ops)
 
     # -- starting and stopping ---------------------------------------------------------
 
@@ -289,17 +335,19 @@ class RedisLink:
 
     # -- the queue ---------------------------------------------------------------------
 
-    def submit(self, op: Op, *, first: bool = False) -> bool:
+    def submit(self, op: Op, *, first: bool = False, cleanup: bool = False) -> bool:
         """Queue ``op`` (``first``: ahead of the others); False if the queue is full.
 
+        ``cleanup`` operations may use ``max_cleanup`` places past ``max_pending``.
         Any thread. If the link is not running, ``op`` falls back at once.
         """
         loop, wake = self._loop, self._wake
         if loop is None or wake is None or self._closing:
             self._fall_back(op)
             return True
+        room = self.max_pending + (self.max_cleanup if cleanup else 0)
         with self._lock:
-            if len(self._ops) >= self.max_pending and not first:
+            if len(self._ops) >= room and not first:
                 if not self._overflowing:
                     self._overflowing = True
                     self.logger.warning(
@@ -317,9 +365,38 @@ class RedisLink:
             loop.call_soon_threadsafe(wake.set)
         return True
 
-    def resync(self) -> None:
-        """Run ``register`` again before anything else (the link's thread)."""
-        self.submit(Op(self._register, lambda: None), first=True)
+    def clean_up(self, op: Op) -> None:
+        """Queue ``op``, which undoes what someone left behind, so that it is never lost.
+
+        Past even the cleanups' share of the queue, ``op`` falls back here and now
+        and :meth:`resync` is queued: re-registering undoes whatever anyone left.
+        """
+        if not self.submit(op, cleanup=True):
+            if self.resync():
+                self.logger.warning("chat hub: no room left for cleanups; registering again")
+            self._fall_back(op)
+
+    def resync(self) -> bool:
+        """Run ``register`` again before anything else queued; any thread.
+
+        Asked again before that ``register`` has started, it is still queued once:
+        then this returns False.
+        """
+        with self._lock:
+            if self._resync_queued:
+                return False
+            self._resync_queued = True
+        self.submit(Op(self._resyncing, self._resynced), first=True)
+        return True
+
+    async def _resyncing(self) -> None:
+        self._resynced()  # from here on, a new request needs a register of its own
+        await self._register()
+
+    def _resynced(self) -> None:
+        # Falling back (Redis away) needs nothing more: coming back registers anyway.
+        with self._lock:
+            self._resync_queued = False
 
     async def _work(self) -> None:
         wake = self._wake
@@ -338,7 +415,7 @@ class RedisLink:
                 return []
             batch = [self._ops.popleft()]
             if batch[0].batch is not None:
-                while self._ops and self._ops[0].batch is not None and len(batch) < _MAX_BATCH:
+                while self._ops and self._ops[0].batch is not None and len(batch) < MAX_HUB_BATCH:
                     batch.append(self._ops.popleft())
             return batch
 

@@ -1,0 +1,148 @@
+"""Nicknames on the Redis hub: a /nick its asker gave up on never takes effect.
+
+Real redis-server and chat servers, as in test_redis_hub.py. The chat stops
+waiting for the hub after a while and answers ``hub_timeout``; these tests make
+that while 0.3 s instead of 10 (the chat's constant), and stall Redis for writes
+(CLIENT PAUSE) so that the hub's answer comes after it.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+import enlace.services.chat
+from tests.services.people import Person
+from tests.services.test_chat import join
+from tests.services.test_redis_hub import chat_on, redis_server, wait_for  # noqa: F401
+
+# Slow Redis (paused for writes), not gone: well within the hub's own timeout.
+PATIENT = {"timeout": 5.0, "heartbeat": 1.0, "presence_ttl": 10.0}
+TIMEOUT = "ERR hub_timeout: the chat hub did not answer in time; try again"
+
+
+@pytest.fixture
+def impatient_chat(monkeypatch):
+    monkeypatch.setattr(enlace.services.chat, "_HUB_ANSWER_TIMEOUT", 0.3)
+
+
+def owner_of(server, nick: str) -> bytes | None:
+    """The record of who holds ``nick`` in the Redis of ``server``."""
+    with server.client() as client:
+        return client.get(f"enlace:nick:{nick}")
+
+
+@pytest.mark.parametrize("ahead", ["nothing", "a line"])
+def test_a_nick_change_answered_hub_timeout_does_not_happen(
+    chat_on,  # noqa: F811
+    redis_server,  # noqa: F811
+    impatient_chat,
+    ahead,
+):
+    # With a line ahead of it, the claim waits in the queue when the chat gives up;
+    # alone, it is in Redis already, and Redis grants it after the chat gave up.
+    a, b = chat_on(hub=PATIENT), chat_on(hub=PATIENT)
+    ana, bob = join(a, "ana"), join(b, "bob")
+    admin = redis_server.client()
+    admin.execute_command("CLIENT", "PAUSE", "4000", "WRITE")
+    try:
+        if ahead == "a line":
+            ana.send("hola")
+        ana.send("/nick anita")
+        assert ana.until("ERR")[-1] == TIMEOUT
+    finally:
+        admin.execute_command("CLIENT", "UNPAUSE")
+    ana.send("/who")  # answered once the hub has dealt with the /nick, which came first
+    lines = ana.until("general:")
+    assert lines[-1] == "general: ana, bob"
+    assert not any("anita" in line for line in lines)  # nor told otherwise
+    assert owner_of(redis_server, "anita") is None
+    assert owner_of(redis_server, "ana").endswith(b"\tana")
+    ana.send("sigo siendo ana")
+    assert bob.until("sigo siendo")[-1] == "[general] ana: sigo siendo ana"
+    bob.send("/nick anita")
+    assert bob.until("you are now")[-1] == "you are now anita"
+    for person in (ana, bob):
+        person.close()
+
+
+def test_a_nick_change_given_up_on_after_its_answer_is_taken_back(
+    chat_on,  # noqa: F811
+    redis_server,  # noqa: F811
+):
+    # The answer was on its way when the chat stopped waiting: asyncio.wrap_future then
+    # cancels the future that already holds it, which is what the hub hears.
+    a = chat_on()
+    ana = join(a, "ana")
+    (hub,) = chat_on.hubs
+    session = hub.local.holder("ana")
+    answer = hub.rename(session, "anita")
+    assert answer.result(5) == "ana"
+    assert session.data["nick"] == "anita"
+    assert answer.cancel() is False
+    assert session.data["nick"] == "ana"  # at once here, then in Redis
+    ana.send("/who")
+    assert ana.until("general:")[-1] == "general: ana"
+    assert owner_of(redis_server, "anita") is None
+    assert owner_of(redis_server, "ana").endswith(b"\tana")
+    other = Person(a)
+    other.send("/nick anita")
+    assert other.until("you are now")[-1] == "you are now anita"
+    for person in (ana, other):
+        person.close()
+
+
+def test_if_the_old_nick_went_meanwhile_the_new_one_stays_and_the_room_is_told(
+    chat_on,  # noqa: F811
+    redis_server,  # noqa: F811
+):
+    a = chat_on()
+    ana, carla = join(a, "ana"), join(a, "carla")
+    (hub,) = chat_on.hubs
+    session = hub.local.holder("ana")
+    answer = hub.rename(session, "anita")
+    assert answer.result(5) == "ana"
+    with redis_server.client() as other:  # a living server elsewhere takes the free name
+        other.set("enlace:server:other", "1", px=60_000)
+        other.set("enlace:nick:ana", "other\t1\tana")
+    answer.cancel()
+    assert ana.until("went through")[-1] == (
+        "* your /nick anita went through after all (ana was taken meanwhile): you are anita now"
+    )
+    assert carla.until("ana is now known as")[-1] == "* ana is now known as anita"
+    assert session.data["nick"] == "anita"
+    ana.send("/who")
+    assert ana.until("general:")[-1] == "general: anita, carla"
+    assert owner_of(redis_server, "anita").endswith(b"\tanita")
+    for person in (ana, carla):
+        person.close()
+
+
+def test_trying_again_after_hub_timeout_gets_the_nick(
+    chat_on,  # noqa: F811
+    redis_server,  # noqa: F811
+    impatient_chat,
+    monkeypatch,
+):
+    a = chat_on(hub=PATIENT)
+    ana, carla = join(a, "ana"), join(a, "carla")
+    (hub,) = chat_on.hubs
+    session = hub.local.holder("ana")
+    admin = redis_server.client()
+    admin.execute_command("CLIENT", "PAUSE", "4000", "WRITE")
+    try:
+        ana.send("hola")  # ahead of the claim, which then waits in the queue
+        ana.send("/nick anita")
+        assert ana.until("ERR")[-1] == TIMEOUT
+        monkeypatch.setattr(enlace.services.chat, "_HUB_ANSWER_TIMEOUT", 10.0)
+        ana.send("/nick anita")  # as told: try again
+        wait_for(lambda: hub.local.holder("anita") is session)  # the server has read it
+        carla.send("/nick anita")  # held here for ana's second try meanwhile
+        assert carla.until("ERR")[-1].startswith("ERR nick_taken: ")
+    finally:
+        admin.execute_command("CLIENT", "UNPAUSE")
+    assert ana.until("you are now")[-1] == "you are now anita"
+    assert carla.until("ana is now known as")[-1] == "* ana is now known as anita"
+    assert owner_of(redis_server, "anita").endswith(b"\tanita")
+    assert owner_of(redis_server, "ana") is None
+    for person in (ana, carla):
+        person.close()
