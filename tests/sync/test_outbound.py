@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from enlace.sync.outbound import Outbound
-from tests.conftest import read_exactly, read_to_eof
+from tests.conftest import read_exactly
 
 
 @pytest.fixture
@@ -19,9 +19,12 @@ def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
     with socket.create_server(("127.0.0.1", 0)) as listener:
         client = socket.create_connection(listener.getsockname()[:2], timeout=5)
         server, _ = listener.accept()
-    # Small buffers, so a client that does not read fills them after a few hundred KiB.
-    server.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16 * 1024)
-    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
+    # A fixed send buffer (the kernel's grows to 4 MiB), so a client that does not read
+    # fills the kernel's buffers after a few hundred KiB. Not smaller, nor a small receive
+    # buffer: under a few of loopback's 64 KiB segments TCP crawls (persist-timer probes,
+    # one segment per delayed ACK), and drain() timed out now and then.
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 128 * 1024)
+    server.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as the runtimes do
     with server, client:
         yield server, client
 
@@ -94,19 +97,26 @@ def test_a_lost_connection_is_reported_once(pair):
 
 
 def test_concurrent_senders_never_interleave_their_frames(pair):
-    # Broadcasts run on the senders' threads: each frame must arrive whole, even while
-    # the socket is full and part of one frame was taken before the rest waited.
+    # Broadcasts run on the senders' threads: each frame must arrive whole and in each
+    # sender's order, also while the socket is full and frames are partly taken and queued.
     server, client = pair
     outbound = Outbound(server, _Failures(), max_outbound=64 * 1024 * 1024)
     senders, frames_each = 4, 200
 
     def send(sender: int) -> None:
         for n in range(frames_each):
-            payload = f"{sender}:{n}:".encode() + b"y" * (n * 37 % 3000)
+            payload = f"{sender}:{n}:".encode() + b"y" * (n * 379 % 30000)
             outbound.send(struct.pack(">I", len(payload)) + payload, False)
 
+    def read_slowly() -> None:
+        # Small reads keep the socket nearly full, so that sends are often partial.
+        chunks = []
+        while chunk := client.recv(4096):
+            chunks.append(chunk)
+        received.append(b"".join(chunks))
+
     received: list[bytes] = []
-    reader = threading.Thread(target=lambda: received.append(read_to_eof(client)))
+    reader = threading.Thread(target=read_slowly)
     reader.start()
     threads = [threading.Thread(target=send, args=(s,)) for s in range(senders)]
     for thread in threads:
@@ -122,7 +132,7 @@ def test_concurrent_senders_never_interleave_their_frames(pair):
         (length,) = struct.unpack(">I", data[:4])
         payload, data = data[4 : 4 + length], data[4 + length :]
         sender, n, filler = payload.split(b":", 2)
-        assert filler == b"y" * (int(n) * 37 % 3000)
+        assert filler == b"y" * (int(n) * 379 % 30000)
         seen[int(sender)].append(int(n))
     assert all(order == list(range(frames_each)) for order in seen.values())
 
