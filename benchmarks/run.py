@@ -107,6 +107,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="run every cell N times, interleaved, and keep the median (default 1)",
     )
     parser.add_argument(
+        "--retry-stolen",
+        type=int,
+        default=2,
+        metavar="N",
+        help="run a cell again, at most N times, when the hypervisor took more than "
+        "2%% of the machine during it (default 2; 0: never)",
+    )
+    parser.add_argument(
         "--pin",
         choices=("split", "same", "none"),
         default="split",
@@ -126,8 +134,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.duration = 0.3 if quick else 5.0
     if args.warmup is None:
         args.warmup = 0.2 if quick else 1.0
-    if args.duration <= 0 or args.warmup < 0 or args.repeat < 1:
-        parser.error("--duration and --repeat must be positive and --warmup not negative")
+    if args.duration <= 0 or args.warmup < 0 or args.repeat < 1 or args.retry_stolen < 0:
+        parser.error(
+            "--duration and --repeat must be positive, --warmup and --retry-stolen not negative"
+        )
     return args
 
 
@@ -168,7 +178,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"warning: enlace's C speedups are {speedups}", file=sys.stderr)
     started = time.monotonic()
     plan = Plan(
-        suite, servers, configs, args.duration, args.warmup, args.repeat, pin_server, pin_loadgen
+        suite,
+        servers,
+        configs,
+        args.duration,
+        args.warmup,
+        args.repeat,
+        pin_server,
+        pin_loadgen,
+        retry_stolen=args.retry_stolen,
     )
     results, skipped = run_plan(plan)
     ratios = compute_ratios(suite, configs, results)
@@ -212,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         "duration": args.duration,
         "warmup": args.warmup,
         "repeat": args.repeat,
+        "retry_stolen": args.retry_stolen,
         "elapsed": round(elapsed, 1),
         "busy_before": None if busy is None else round(busy, 3),
         "configs": {c.key: c.__dict__ for c in configs},

@@ -28,7 +28,7 @@ from harness.servers import (
     stop_server,
 )
 from harness.suites import Config, Suite
-from harness.tables import cell_summary, median_run
+from harness.tables import STOLEN, cell_summary, median_run
 
 __all__ = ["Plan", "run_plan"]
 
@@ -45,6 +45,8 @@ class Plan:
     repeat: int
     pin_server: list[str]
     pin_loadgen: list[str]
+    #: Times a run may be made again when the hypervisor stole more than STOLEN during it.
+    retry_stolen: int = 0
 
 
 def _warn_busy_when_idle(running: list[RunningServer]) -> None:
@@ -166,19 +168,30 @@ def _run_cells(
                 if failure:
                     result: dict[str, Any] = {"ok": False, "error": failure}
                 else:
-                    stolen, started = steal_seconds(), time.monotonic()
-                    result = run_loadgen(
-                        loadgen,
-                        plan.pin_loadgen,
-                        server.host,
-                        server.port,
-                        config,
-                        plan.suite,
-                        plan.duration,
-                        plan.warmup,
-                        tls_ca=tls_ca,
-                    )
-                    result["steal"] = _steal_share(stolen, time.monotonic() - started)
+                    for attempt in range(plan.retry_stolen + 1):
+                        if attempt:
+                            print(
+                                f"       {server.server.name:17} {config.label:31} again: "
+                                f"{result['steal']:.0%} stolen by the hypervisor",
+                                file=sys.stderr,
+                            )
+                        stolen, started = steal_seconds(), time.monotonic()
+                        result = run_loadgen(
+                            loadgen,
+                            plan.pin_loadgen,
+                            server.host,
+                            server.port,
+                            config,
+                            plan.suite,
+                            plan.duration,
+                            plan.warmup,
+                            tls_ca=tls_ca,
+                        )
+                        result["steal"] = _steal_share(stolen, time.monotonic() - started)
+                        result["attempts"] = attempt + 1
+                        if not result.get("ok") or (result["steal"] or 0.0) <= STOLEN:
+                            break
+                        time.sleep(0.05)  # as between cells: closed connections noticed
                     if not result.get("ok") and (failure := server.failure()):
                         result["error"] = f"{result.get('error')} ({failure})"
                 runs[server.label][config.key].append(result)
