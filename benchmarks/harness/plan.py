@@ -138,7 +138,10 @@ def run_plan(plan: Plan) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
             entry["tls_command"] += list(r.server.tls_args or ())
         entry[f"{prefix}stop"] = endings[r.label]
         for key, cell_runs in runs[r.label].items():
-            entry["cells"][key] = median_run(cell_runs, key=lambda r: float(r["rps"]))
+            # The median of the runs the hypervisor left alone, when there are any: a run
+            # that lost a fifth of the machine measures the host, not the server.
+            good = _unstolen if any(_unstolen(run) for run in cell_runs) else _ok
+            entry["cells"][key] = median_run(cell_runs, key=lambda r: float(r["rps"]), good=good)
     # Columns in the suite's order, whichever instance started first.
     order = [s.name for s in plan.servers]
     return {name: results[name] for name in order if name in results}, skipped
@@ -210,3 +213,11 @@ def _steal_share(before: float | None, elapsed: float) -> float | None:
     if before is None or after is None or elapsed <= 0:
         return None
     return round((after - before) / (elapsed * (os.cpu_count() or 1)), 4)
+
+
+def _ok(run: dict[str, Any]) -> bool:
+    return bool(run.get("ok"))
+
+
+def _unstolen(run: dict[str, Any]) -> bool:
+    return bool(run.get("ok")) and (run.get("steal") or 0.0) <= STOLEN

@@ -90,7 +90,8 @@ def compute_ratios(
 def round_ratios(
     suite: Suite, configs: list[Config], results: dict[str, dict[str, Any]]
 ) -> dict[str, dict[str, list[float]]]:
-    """Each ratio column's value in every round in which all its servers measured something.
+    """Each ratio column's value in every round in which all its servers measured something
+    (the runs that lost more than :data:`STOLEN` to the hypervisor left out).
 
     The cells' medians can come from different rounds; these per-round values show how far
     one round can stray from the median ratio, that is how much of a ratio is noise.
@@ -116,7 +117,8 @@ def round_ratios(
 
 
 def _measured(run: dict[str, Any]) -> bool:
-    return bool(run.get("ok") and run.get("requests"))
+    """A run that measured something, without the hypervisor taking much of the machine."""
+    return bool(run.get("ok") and run.get("requests")) and (run.get("steal") or 0.0) <= STOLEN
 
 
 def format_round_ratios(configs: list[Config], rounds: dict[str, dict[str, list[float]]]) -> str:
