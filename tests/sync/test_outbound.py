@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import struct
 import threading
@@ -65,6 +66,26 @@ def test_what_the_socket_refuses_waits_and_is_flushed_in_order_once_the_client_r
     assert received == [b"".join(chunks)]
     assert outbound.sent == 2 * 1024 * 1024
     assert failures.reasons == []
+
+
+def test_a_send_to_a_full_socket_waits_and_is_not_lost(pair):
+    # Nothing waiting in Outbound, but the kernel's buffers are full (filled behind its
+    # back): the first send gets EAGAIN and must queue, then go out once the client reads.
+    server, client = pair
+    server.setblocking(False)
+    filled = 0
+    with contextlib.suppress(BlockingIOError):
+        while filled < 64 * 1024 * 1024:
+            filled += server.send(b"f" * 65536)
+    outbound = Outbound(server, _Failures())
+    outbound.send(b"tail", False)
+    assert outbound.waiting == 4
+    received: list[bytes] = []
+    reader = threading.Thread(target=lambda: received.append(read_exactly(client, filled + 4)))
+    reader.start()
+    assert outbound.drain(5)
+    reader.join(5)
+    assert received == [b"f" * filled + b"tail"]
 
 
 def test_a_client_over_max_outbound_is_a_slow_consumer_and_loses_its_output(pair):
