@@ -28,7 +28,7 @@ from harness.servers import (
     stop_server,
 )
 from harness.suites import Config, Suite
-from harness.tables import STOLEN, cell_summary, median_run
+from harness.tables import cell_summary, median_run, robbed
 
 __all__ = ["Plan", "run_plan"]
 
@@ -45,7 +45,7 @@ class Plan:
     repeat: int
     pin_server: list[str]
     pin_loadgen: list[str]
-    #: Times a run may be made again when the hypervisor stole more than STOLEN during it.
+    #: Times a run may be made again when the hypervisor robbed it (harness.tables.robbed).
     retry_stolen: int = 0
 
 
@@ -138,10 +138,7 @@ def run_plan(plan: Plan) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
             entry["tls_command"] += list(r.server.tls_args or ())
         entry[f"{prefix}stop"] = endings[r.label]
         for key, cell_runs in runs[r.label].items():
-            # The median of the runs the hypervisor left alone, when there are any: a run
-            # that lost a fifth of the machine measures the host, not the server.
-            good = _unstolen if any(_unstolen(run) for run in cell_runs) else _ok
-            entry["cells"][key] = median_run(cell_runs, key=lambda r: float(r["rps"]), good=good)
+            entry["cells"][key] = _median(cell_runs)
     # Columns in the suite's order, whichever instance started first.
     order = [s.name for s in plan.servers]
     return {name: results[name] for name in order if name in results}, skipped
@@ -192,7 +189,7 @@ def _run_cells(
                         )
                         result["steal"] = _steal_share(stolen, time.monotonic() - started)
                         result["attempts"] = attempt + 1
-                        if not result.get("ok") or (result["steal"] or 0.0) <= STOLEN:
+                        if not result.get("ok") or not robbed(result):
                             break
                         time.sleep(0.05)  # as between cells: closed connections noticed
                     if not result.get("ok") and (failure := server.failure()):
@@ -215,9 +212,14 @@ def _steal_share(before: float | None, elapsed: float) -> float | None:
     return round((after - before) / (elapsed * (os.cpu_count() or 1)), 4)
 
 
-def _ok(run: dict[str, Any]) -> bool:
-    return bool(run.get("ok"))
+def _median(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The median run by requests/s, of the runs the hypervisor left alone if there are any.
 
-
-def _unstolen(run: dict[str, Any]) -> bool:
-    return bool(run.get("ok")) and (run.get("steal") or 0.0) <= STOLEN
+    A run that lost a fifth of the machine measures the host, not the server.
+    """
+    spared = any(run.get("ok") and not robbed(run) for run in runs)
+    return median_run(
+        runs,
+        key=lambda run: float(run["rps"]),
+        good=lambda run: bool(run.get("ok")) and not (spared and robbed(run)),
+    )

@@ -28,6 +28,7 @@ __all__ = [
     "pct",
     "rate",
     "render",
+    "robbed",
     "round_ratios",
     "us",
 ]
@@ -57,6 +58,11 @@ def us(value: float) -> str:
     if value >= 1000:
         return f"{value / 1000:.1f}ms"
     return f"{value:.0f}us"
+
+
+def robbed(run: dict[str, Any]) -> bool:
+    """Whether the hypervisor took more than :data:`STOLEN` of the machine during ``run``."""
+    return (run.get("steal") or 0.0) > STOLEN
 
 
 def ok_cell(
@@ -118,7 +124,7 @@ def round_ratios(
 
 def _measured(run: dict[str, Any]) -> bool:
     """A run that measured something, without the hypervisor taking much of the machine."""
-    return bool(run.get("ok") and run.get("requests")) and (run.get("steal") or 0.0) <= STOLEN
+    return bool(run.get("ok") and run.get("requests")) and not robbed(run)
 
 
 def format_round_ratios(configs: list[Config], rounds: dict[str, dict[str, list[float]]]) -> str:
@@ -306,7 +312,7 @@ def format_notes(
             elif cell.get("errors") or cell.get("unexpected_frames"):
                 counts = ", ".join(f"{key} {cell[key]}" for key in ERROR_COUNTS if cell.get(key))
                 notes.append(f"! {name}, {config.label}: {counts}")
-            if cell.get("ok") and (cell.get("steal") or 0.0) > STOLEN:
+            if cell.get("ok") and robbed(cell):
                 notes.append(
                     f"! {name}, {config.label}: the hypervisor took {cell['steal']:.0%} of the "
                     "machine's CPU time during the median run; its number is suspect"
