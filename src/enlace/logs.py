@@ -12,12 +12,17 @@ import logging
 
 from enlace.addresses import format_address
 
-__all__ = ["log_closed", "log_handshake_failed", "log_refused", "logger_for"]
+__all__ = ["log_closed", "log_handshake_failed", "log_refused", "logger_for", "lost_reason"]
 
 
 def logger_for(service_name: str) -> logging.Logger:
     """The logger of one service, ``enlace.<name>``."""
     return logging.getLogger(f"enlace.{service_name}")
+
+
+def lost_reason(exc: BaseException) -> str:
+    """The reason :func:`log_closed` gives for a connection lost to ``exc``."""
+    return f"connection lost: {getattr(exc, 'strerror', None) or exc}"
 
 
 def log_closed(

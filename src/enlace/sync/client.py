@@ -37,6 +37,7 @@ from enlace.limits import (
     REQUEST_TIMEOUT,
     TLS_HANDSHAKE_TIMEOUT,
 )
+from enlace.logs import lost_reason
 from enlace.protocol.client import ClientConnection, Event, EventQueue, Reply, Text, as_event
 from enlace.sockets import connect_tcp
 from enlace.tls import TLSSocket, client_handshake, resolve_context
@@ -236,7 +237,7 @@ class Client:
         except RemoteProtocolError as exc:
             reason = f"the server broke the protocol: {exc}"
         except OSError as exc:
-            reason = f"connection lost: {exc.strerror or exc}"
+            reason = lost_reason(exc)
         if self._last_text:
             reason += f" (it said: {self._last_text})"
         with self._state:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from enlace.addresses import format_address
 from enlace.limits import LINGER_BYTES, LINGER_TIMEOUT, READ_SIZE
-from enlace.logs import log_closed
+from enlace.logs import log_closed, lost_reason
 from enlace.services.base import StreamHandler
 from enlace.sockets import discard_input
 from enlace.sync.outbound import Outbound
@@ -229,7 +229,7 @@ class Connection:
         except (TimeoutError, BlockingIOError):  # SO_RCVTIMEO ran out: EAGAIN
             reason = "idle timeout"
         except OSError as exc:
-            reason, error = f"connection lost: {exc.strerror or exc}", exc
+            reason, error = lost_reason(exc), exc
         except Exception as exc:  # a handler bug must cost one connection, not the server
             reason, error = f"handler error: {exc!r}", exc
             self._server.logger.exception("handler error on %s", format_address(*self._peer))

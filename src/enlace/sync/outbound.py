@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 
 from enlace.limits import MAX_OUTBOUND, SLOW_TIMEOUT, WRITE_BUFFER_HIGH
+from enlace.logs import lost_reason
 
 __all__ = ["Outbound"]
 
@@ -80,7 +81,7 @@ class Outbound:
                 self._queue(data)
                 return
             except OSError as exc:
-                self._fail(f"connection lost: {exc.strerror or exc}", exc)
+                self._fail(lost_reason(exc), exc)
                 return
             self.sent += taken
             if taken != len(data):
@@ -132,7 +133,7 @@ class Outbound:
             except BlockingIOError:
                 break
             except OSError as exc:
-                self._fail(f"connection lost: {exc.strerror or exc}", exc)
+                self._fail(lost_reason(exc), exc)
                 return
             if not taken:
                 break
@@ -199,7 +200,7 @@ class Outbound:
                 except BlockingIOError:
                     continue
                 except OSError as exc:
-                    self._fail(f"connection lost: {exc.strerror or exc}", exc)
+                    self._fail(lost_reason(exc), exc)
                     continue
                 del self._pending[:taken]
                 self.sent += taken
