@@ -399,7 +399,7 @@ def machine_busy(seconds: float = 0.5) -> float | None:
     """The share of all cores busy over a short sample (Linux), or None when unknown."""
 
     def sample() -> tuple[int, int]:
-        values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        values = _cpu_ticks()
         idle = values[3] + (values[4] if len(values) > 4 else 0)  # idle + iowait
         return sum(values[:8]), idle
 
@@ -419,10 +419,15 @@ def steal_seconds() -> float | None:
     ran then; the harness measures it around each cell so that such a cell can be told apart.
     """
     try:
-        values = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
-        return int(values[7]) / os.sysconf("SC_CLK_TCK")
+        return _cpu_ticks()[7] / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError):
         return None
+
+
+def _cpu_ticks() -> list[int]:
+    """The machine's CPU time by kind (user, nice, system, idle, iowait, irq, softirq,
+    steal...), summed over its cores, in clock ticks: the first line of ``/proc/stat``."""
+    return [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
 
 
 def raise_open_files(needed: int) -> tuple[bool, str]:
