@@ -446,7 +446,11 @@ class HttpConnection(asyncio.Protocol):
         self.file_sender.close()
         if transport.is_closing():
             return
-        if not self.eof and transport.can_write_eof():
+        if (
+            not self.eof
+            and transport.can_write_eof()
+            and (self.counted or self.server._may_linger_refused())
+        ):
             transport.write_eof()
             transport.resume_reading()  # read and discard until the client's EOF
             self._arm(LINGER_TIMEOUT)
