@@ -5,6 +5,7 @@ with real sockets and real TLS clients on loopback. A client that sent only the
 first byte of a handshake has been admitted (the acceptor saw a TLS client) and
 stays in the loop's handshake, not yet a connection: these tests check that it
 still counts against the caps, as the thread runtime's slot taken on accept does.
+The last tests ask ``Server._tls_refusal`` directly how often it asks the policy.
 """
 
 from __future__ import annotations
@@ -71,3 +72,40 @@ def test_a_client_within_the_per_address_cap_is_served_beside_a_handshake(tls_se
         with tls_connect(server.address) as second:
             assert_echo_round_trip(second, b"served")
             assert policy.count("127.0.0.1") == 1  # the connection; the handshake is not counted
+
+
+class CountedPolicy(ConnectionPolicy):
+    """The real policy, counting how often it is asked."""
+
+    asked = 0
+
+    def acquire(self, host: str) -> str | None:
+        self.asked += 1
+        return super().acquire(host)
+
+
+@pytest.mark.parametrize(
+    ("host", "options"),
+    [("127.0.0.1", {}), ("192.0.2.7", {"max_per_ip": None})],
+    ids=["loopback", "no-cap"],
+)
+def test_the_policy_is_asked_once_when_the_pending_handshakes_cannot_refuse(host, options):
+    # A thousand handshakes in progress from loopback (a local benchmark) or from a
+    # host without a per-address cap: admitting one more must not ask the policy once
+    # per pending handshake, on the event loop, for every client accepted.
+    policy = CountedPolicy(**options)
+    server = Server(EchoService(), ssl=server_ssl(), max_connections=None, policy=policy)
+    assert server._tls_refusal(host, 1000, 1000) is None
+    assert policy.asked == 1
+    assert policy.count(host) == 0
+
+
+def test_the_policy_probe_stops_at_the_per_address_cap():
+    policy = CountedPolicy(max_per_ip=3)
+    server = Server(EchoService(), ssl=server_ssl(), max_connections=None, policy=policy)
+    assert server._tls_refusal("192.0.2.7", 2, 2) is None  # two handshakes and this one: 3
+    assert server._tls_refusal("192.0.2.7", 1000, 1000) == (
+        "too many connections from 192.0.2.7 (limit 3 per address)"
+    )
+    assert policy.asked == 3 + 4
+    assert policy.count("192.0.2.7") == 0

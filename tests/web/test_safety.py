@@ -6,6 +6,7 @@ closed), and the server is shown to go on serving others normally.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import threading
@@ -13,7 +14,9 @@ import time
 
 import pytest
 
+from enlace.limits import LINGER_BYTES, LINGER_TIMEOUT, MAX_LINGERING_REFUSALS
 from tests.conftest import connect
+from tests.test_servers import _reset_within as reset_within
 from tests.web.httpkit import Conn, curl, exchange, get, request_bytes, web
 
 __all__ = ["web"]
@@ -237,6 +240,45 @@ def test_over_the_connection_cap_a_client_gets_503_and_the_others_are_untouched(
     while server.server.connection_count and time.monotonic() < deadline:
         time.sleep(0.01)
     assert server.server.connection_count == 0
+
+
+def test_refused_clients_lingering_at_once_are_bounded(web, root):
+    # A flood of refused clients that never close: MAX_LINGERING_REFUSALS of them linger
+    # after their 503; past that, the 503 is sent and the socket closed at once, so
+    # their late bytes meet a reset, as on the TCP servers.
+    server = web(root, max_connections=1)
+    with Conn(server.address) as first, contextlib.ExitStack() as flood:
+        first.send(request_bytes("/ok.txt"))
+        assert first.response().status == 200
+        refused = [
+            flood.enter_context(Conn(server.address)) for _ in range(MAX_LINGERING_REFUSALS + 1)
+        ]
+        for conn in refused:
+            assert conn.response().status == 503
+        assert reset_within(refused[-1].sock, LINGER_TIMEOUT / 2)
+        assert not reset_within(refused[0].sock, 0.05)  # still lingering
+        first.send(request_bytes("/ok.txt"))
+        assert first.response().body == b"ok"
+
+
+def test_a_refused_client_that_keeps_sending_is_cut_after_linger_bytes(web, root):
+    # After the 503 the server reads and drops what the client still sends (a lingering
+    # close), but not without end: past LINGER_BYTES it closes, well before LINGER_TIMEOUT.
+    server = web(root, max_connections=1)
+    with Conn(server.address) as first, Conn(server.address) as flood:
+        first.send(request_bytes("/ok.txt"))
+        assert first.response().status == 200
+        flood.send(request_bytes("/ok.txt"))
+        assert flood.response().status == 503
+        started = time.monotonic()
+        chunk = b"x" * 64 * 1024
+        with pytest.raises(OSError) as cut:
+            for _ in range(8 * LINGER_BYTES // len(chunk)):
+                flood.send(chunk)
+        assert not isinstance(cut.value, TimeoutError)
+        assert time.monotonic() - started < LINGER_TIMEOUT / 2
+        first.send(request_bytes("/ok.txt"))
+        assert first.response().body == b"ok"
 
 
 def test_a_client_that_resets_mid_file_does_not_disturb_the_server(web, tmp_path):

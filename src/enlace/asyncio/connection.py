@@ -25,7 +25,7 @@ from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, cast
 
 from enlace.addresses import format_address
-from enlace.limits import LINGER_BYTES, LINGER_TIMEOUT, MAX_LINGERING_REFUSALS, WRITE_BUFFER_HIGH
+from enlace.limits import LINGER_BYTES, LINGER_TIMEOUT, WRITE_BUFFER_HIGH
 from enlace.logs import log_closed, log_refused
 from enlace.services.base import StreamHandler
 from enlace.sockets import peer_address
@@ -389,13 +389,11 @@ class Connection(asyncio.BaseProtocol):
         server = self._server
         log_refused(server.logger, self._peer, reason)
         self._transport.write(server.service.refusal(reason))
-        # Refused clients linger like the others (see _shut), but at most
-        # MAX_LINGERING_REFUSALS at once, this one included: past that, a flood of
-        # them is closed right after the refusal, as on the thread runtime.
-        if len(server._connections) - server._active > MAX_LINGERING_REFUSALS:
-            self._transport.close()
-        else:
+        # Refused clients linger like the others (see _shut), a bounded number at once.
+        if server._may_linger_refused():
             self._shut()
+        else:
+            self._transport.close()
 
 
 class StreamConnection(Connection, asyncio.Protocol):

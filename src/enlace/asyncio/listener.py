@@ -23,7 +23,7 @@ from typing import Generic, Self, TypeVar
 
 from enlace.asyncio.tlsaccept import TLSAcceptor
 from enlace.exceptions import EnlaceError
-from enlace.limits import MAX_CONNECTIONS
+from enlace.limits import MAX_CONNECTIONS, MAX_LINGERING_REFUSALS
 from enlace.policy import ConnectionPolicy
 from enlace.sockets import listen_tcp, peer_address
 
@@ -156,6 +156,15 @@ class ListeningServer(ABC, Generic[_C]):
     def connection_count(self) -> int:
         """Connections being served right now (refused ones not counted)."""
         return self._active
+
+    def _may_linger_refused(self) -> bool:
+        """Whether a refused connection, already in ``_connections``, may linger after its refusal.
+
+        At most MAX_LINGERING_REFUSALS refused connections (those not counted in
+        ``_active``) are held at once, this one included: past that, a flood of them
+        is closed right after the refusal, as on the thread runtime.
+        """
+        return len(self._connections) - self._active <= MAX_LINGERING_REFUSALS
 
     @abstractmethod
     async def start(self) -> None:

@@ -113,17 +113,24 @@ class Server(ListeningServer[Connection]):
         if limit is not None and self._active + pending >= limit:
             return f"too many connections (limit {limit})"
         # The policy's own rule (loopback exempt, its limit), asked as if the pending
-        # handshakes from host and this client were counted, then undone.
-        counted = 0
+        # handshakes from host and this client were counted, then undone. Asked again
+        # for each pending one only where that can refuse: not for a host the policy
+        # does not count (loopback, whose handshakes can be a thousand) or cap.
+        policy = self.policy
+        refused = policy.acquire(host)
+        if refused is not None:
+            return refused
+        counted = 1
         try:
-            while counted <= pending_from_host:
-                refused = self.policy.acquire(host)
-                if refused is not None:
-                    return refused
-                counted += 1
+            if policy.max_per_ip is not None and policy.count(host):
+                while counted <= pending_from_host:
+                    refused = policy.acquire(host)
+                    if refused is not None:
+                        return refused
+                    counted += 1
         finally:
             for _ in range(counted):
-                self.policy.release(host)
+                policy.release(host)
         return None
 
     def _force_close(self, connection: Connection) -> None:

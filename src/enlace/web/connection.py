@@ -25,7 +25,7 @@ import re
 import time
 from typing import TYPE_CHECKING, cast
 
-from enlace.limits import LINGER_TIMEOUT, WRITE_BUFFER_HIGH
+from enlace.limits import LINGER_BYTES, LINGER_TIMEOUT, WRITE_BUFFER_HIGH
 from enlace.protocol.http import REASONS, HttpError, Request, RequestParser, response_head
 from enlace.sockets import peer_address
 from enlace.web.body import FileBody, FileSender
@@ -104,6 +104,7 @@ class HttpConnection(asyncio.Protocol):
         self.read_paused = False
         self.closing = False  # no more requests: finish the output, then close
         self.lingering = False
+        self.discarded = 0  # bytes thrown away while lingering
         self.counted = False
         self.tls = server.ssl is not None
         self.held: asyncio.TimerHandle | None = None  # a refusal answered after a delay
@@ -150,6 +151,7 @@ class HttpConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self.lingering:
+            self._discard(len(data))
             return
         parser = self.parser
         self.last_activity = now = _monotonic()
@@ -444,12 +446,22 @@ class HttpConnection(asyncio.Protocol):
         self.file_sender.close()
         if transport.is_closing():
             return
-        if not self.eof and transport.can_write_eof():
+        if (
+            not self.eof
+            and transport.can_write_eof()
+            and (self.counted or self.server._may_linger_refused())
+        ):
             transport.write_eof()
             transport.resume_reading()  # read and discard until the client's EOF
             self._arm(LINGER_TIMEOUT)
         else:
             transport.close()
+
+    def _discard(self, size: int) -> None:
+        # A client still sending this much after our last response is not reading it.
+        self.discarded += size
+        if self.discarded > LINGER_BYTES and self.transport is not None:
+            self.transport.close()
 
     def _abort(self) -> None:
         self.file_sender.close()
