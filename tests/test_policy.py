@@ -46,6 +46,18 @@ def test_per_address_count_and_release():
     assert local.acquire("10.0.0.1") is None and local.acquire("10.0.0.1") is not None
 
 
+def test_refusal_answers_as_acquire_would_without_counting():
+    policy = ConnectionPolicy(max_per_ip=2)
+    assert policy.acquire("10.0.0.1") is None
+    assert policy.refusal("10.0.0.1") is None
+    assert policy.refusal("10.0.0.1", pending=1) == (
+        "too many connections from 10.0.0.1 (limit 2 per address)"
+    )
+    assert policy.count("10.0.0.1") == 1  # only the acquired one
+    assert policy.refusal("127.0.0.1", pending=100) is None  # loopback: not capped
+    assert ConnectionPolicy(max_per_ip=None).refusal("10.0.0.1", pending=100) is None
+
+
 def test_refused_datagrams_are_logged_once_per_source(caplog):
     policy = ConnectionPolicy(["10.0.0.0/8"])
     logger = logging.getLogger("enlace.test")

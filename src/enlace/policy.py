@@ -86,15 +86,36 @@ class ConnectionPolicy:
         A refused connection is not counted (do not :meth:`release` it). Loopback
         clients are not capped unless ``count_loopback``.
         """
+        key = self._counted_key(host)
+        if key is None:
+            return None
+        with self._lock:
+            count = self._counts.get(key, 0)
+            refused = self._over(key, count)
+            if refused is None:
+                self._counts[key] = count + 1
+        return refused
+
+    def refusal(self, host: str, *, pending: int = 0) -> str | None:
+        """Why :meth:`acquire` would refuse ``host`` with ``pending`` more of its
+        connections counted, or None; counts nothing (for a TLS server's decision before
+        the handshake, with the handshakes in progress from ``host`` as ``pending``)."""
+        key = self._counted_key(host)
+        if key is None:
+            return None
+        with self._lock:
+            return self._over(key, self._counts.get(key, 0) + pending)
+
+    def _counted_key(self, host: str) -> str | None:
+        """The key ``host`` is counted under, or None when it is not (loopback)."""
         address = client_ip(host)
         if address is not None and address.is_loopback and not self.count_loopback:
             return None
-        key = str(address or host)
-        with self._lock:
-            count = self._counts.get(key, 0)
-            if self.max_per_ip is not None and count >= self.max_per_ip:
-                return f"too many connections from {key} (limit {self.max_per_ip} per address)"
-            self._counts[key] = count + 1
+        return str(address or host)
+
+    def _over(self, key: str, count: int) -> str | None:
+        if self.max_per_ip is not None and count >= self.max_per_ip:
+            return f"too many connections from {key} (limit {self.max_per_ip} per address)"
         return None
 
     def release(self, host: str) -> None:

@@ -112,26 +112,9 @@ class Server(ListeningServer[Connection]):
         limit = self.max_connections
         if limit is not None and self._active + pending >= limit:
             return f"too many connections (limit {limit})"
-        # The policy's own rule (loopback exempt, its limit), asked as if the pending
-        # handshakes from host and this client were counted, then undone. Asked again
-        # for each pending one only where that can refuse: not for a host the policy
-        # does not count (loopback, whose handshakes can be a thousand) or cap.
-        policy = self.policy
-        refused = policy.acquire(host)
-        if refused is not None:
-            return refused
-        counted = 1
-        try:
-            if policy.max_per_ip is not None and policy.count(host):
-                while counted <= pending_from_host:
-                    refused = policy.acquire(host)
-                    if refused is not None:
-                        return refused
-                    counted += 1
-        finally:
-            for _ in range(counted):
-                policy.release(host)
-        return None
+        # The policy's own rule (loopback exempt, its limit), with the pending
+        # handshakes from host counted.
+        return self.policy.refusal(host, pending=pending_from_host)
 
     def _force_close(self, connection: Connection) -> None:
         connection.force_close("server shutting down")
