@@ -26,6 +26,7 @@ from enlace.exceptions import (
     translate_oserror,
 )
 from enlace.limits import MAX_EVENTS, MAX_FRAME, REQUEST_TIMEOUT, TLS_HANDSHAKE_TIMEOUT
+from enlace.logs import lost_reason
 from enlace.protocol.client import ClientConnection, Event, EventQueue, Reply, Text, as_event
 from enlace.tls import handshake_failure, resolve_context
 
@@ -54,7 +55,7 @@ class _Listener(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         reason = "the server closed the connection"
         if exc is not None:
-            reason = f"connection lost: {getattr(exc, 'strerror', None) or exc}"
+            reason = lost_reason(exc)
         self._client._lost(reason)
 
 

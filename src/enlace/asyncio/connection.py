@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from enlace.addresses import format_address
 from enlace.limits import LINGER_BYTES, LINGER_TIMEOUT, WRITE_BUFFER_HIGH
-from enlace.logs import log_closed, log_refused
+from enlace.logs import log_closed, log_refused, lost_reason
 from enlace.services.base import StreamHandler
 from enlace.sockets import peer_address
 
@@ -266,7 +266,7 @@ class Connection(asyncio.BaseProtocol):
         server._active -= 1
         server.policy.release(self._peer[0])
         if exc is not None and not self._reason.startswith("slow consumer"):
-            self._reason = f"connection lost: {getattr(exc, 'strerror', None) or exc}"
+            self._reason = lost_reason(exc)
         if self._handler is not None:
             try:
                 self._handler.connection_lost(exc)

@@ -39,7 +39,7 @@ from enlace.limits import (
     WS_PING_INTERVAL,
     WS_PING_TIMEOUT,
 )
-from enlace.logs import log_closed, logger_for
+from enlace.logs import log_closed, logger_for, lost_reason
 from enlace.protocol.framing import LengthPrefixDecoder, pack_header
 from enlace.protocol.websocket import CloseCode, ServerProtocol, token_matches
 from enlace.services.base import StreamHandler, StreamService
@@ -248,7 +248,7 @@ class WebSocketConnection(asyncio.Protocol):
         if not self._reason:
             ws = self._ws
             if exc is not None:
-                self._reason = f"connection lost: {getattr(exc, 'strerror', None) or exc}"
+                self._reason = lost_reason(exc)
             elif ws.close_code is not None:
                 self._reason = f"close {ws.close_code}" + (
                     f" {ws.close_reason}" if ws.close_reason else ""
