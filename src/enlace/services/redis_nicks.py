@@ -239,11 +239,10 @@ class RedisNicks:
         if session.data.get("departed"):  # its departure frees both names
             return
         try:
-            self.local.reserve(session, asked.old)
+            self.local.rename(session, asked.old)
         except CommandError:  # someone here took the old one meanwhile: keep the new
             self._kept(asked)
             return
-        self.local.commit(session, asked.old)
         self.link.clean_up(Op(lambda: self._take_back(asked), lambda: None))
 
     async def _take_back(self, asked: _Rename) -> None:
@@ -256,12 +255,11 @@ class RedisNicks:
             return
         # A server elsewhere took the old nick in between: the new one stays after all.
         try:
-            self.local.reserve(session, asked.new)
+            self.local.rename(session, asked.new)
         except CommandError:  # and someone here took the new one: a guest, then
             await self.release(session, asked.new)
             self.displace(session, f"taken while your /nick {asked.new} timed out")
             return
-        self.local.commit(session, asked.new)
         self._kept(asked)
 
     def _kept(self, asked: _Rename) -> None:
