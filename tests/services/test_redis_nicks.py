@@ -32,6 +32,11 @@ def impatient_chat(monkeypatch):
     monkeypatch.setattr(enlace.services.chat, "_HUB_ANSWER_TIMEOUT", 0.3)
 
 
+def reply(person: Person) -> str:
+    """The next reply (or refusal) ``person`` reads, past any events."""
+    return next(line for line in iter(person.line, None) if line.startswith(("you are", "ERR")))
+
+
 def owner_of(server, nick: str) -> bytes | None:
     """The record of who holds ``nick`` in the Redis of ``server``."""
     with server.client() as client:
@@ -197,3 +202,37 @@ def test_if_both_names_went_meanwhile_the_asker_becomes_a_guest_and_is_told_why(
     assert session.data["nick"] == guest
     for person in (ana, carla):
         person.close()
+
+
+def test_an_asker_who_leaves_while_the_take_back_runs_holds_neither_name(
+    chat_on,  # noqa: F811
+    redis_server,  # noqa: F811
+):
+    # The take-back is in Redis (paused for writes) when ana leaves; a server elsewhere
+    # took ana meanwhile, so the take-back fails and would keep anita for her: it must
+    # not, here or in Redis, since her departure no longer knows of that name.
+    a = chat_on(hub=PATIENT)
+    ana, carla = join(a, "ana"), join(a, "carla")
+    (hub,) = chat_on.hubs
+    session = hub.local.holder("ana")
+    answer = hub.rename(session, "anita")
+    assert answer.result(5) == "ana"
+    with redis_server.client() as other:
+        other.set("enlace:server:other", "1", px=60_000)
+        other.set("enlace:nick:ana", "other\t1\tana")
+    admin = redis_server.client()
+    admin.execute_command("CLIENT", "PAUSE", "4000", "WRITE")
+    try:
+        answer.cancel()
+        wait_for(lambda: any(  # the take-back waits in Redis
+            "b" in client["flags"] and client["cmd"] == "evalsha" for client in admin.client_list()
+        ))  # fmt: skip
+        ana.close()
+        wait_for(lambda: session.data.get("departed"))
+    finally:
+        admin.execute_command("CLIENT", "UNPAUSE")
+    carla.until("ana left the chat")  # queued after the take-back
+    assert owner_of(redis_server, "anita") is None
+    carla.send("/nick anita")
+    assert reply(carla) == "you are now anita"
+    carla.close()

@@ -260,6 +260,9 @@ class RedisNicks:
             await self.release(session, asked.new)
             self.displace(session, f"taken while your /nick {asked.new} timed out")
             return
+        if session.data.get("departed"):  # left meanwhile: its departure missed the new one
+            await self.release(session, asked.new)
+            return
         self._kept(asked)
 
     def _kept(self, asked: _Rename) -> None:
