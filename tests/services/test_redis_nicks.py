@@ -8,12 +8,19 @@ that while 0.3 s instead of 10 (the chat's constant), and stall Redis for writes
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 import enlace.services.chat
 from tests.services.people import Person
 from tests.services.test_chat import join
-from tests.services.test_redis_hub import chat_on, redis_server, wait_for  # noqa: F401
+from tests.services.test_redis_hub import (  # noqa: F401
+    chat_on,
+    redis_server,
+    until_all,
+    wait_for,
+)
 
 # Slow Redis (paused for writes), not gone: well within the hub's own timeout.
 PATIENT = {"timeout": 5.0, "heartbeat": 1.0, "presence_ttl": 10.0}
@@ -23,6 +30,11 @@ TIMEOUT = "ERR hub_timeout: the chat hub did not answer in time; try again"
 @pytest.fixture
 def impatient_chat(monkeypatch):
     monkeypatch.setattr(enlace.services.chat, "_HUB_ANSWER_TIMEOUT", 0.3)
+
+
+def reply(person: Person) -> str:
+    """The next reply (or refusal) ``person`` reads, past any events."""
+    return next(line for line in iter(person.line, None) if line.startswith(("you are", "ERR")))
 
 
 def owner_of(server, nick: str) -> bytes | None:
@@ -146,3 +158,81 @@ def test_trying_again_after_hub_timeout_gets_the_nick(
     assert owner_of(redis_server, "ana") is None
     for person in (ana, carla):
         person.close()
+
+
+def test_if_both_names_went_meanwhile_the_asker_becomes_a_guest_and_is_told_why(
+    chat_on,  # noqa: F811
+    redis_server,  # noqa: F811
+):
+    # Given up on after Redis granted it: ana is ana again here at once, and anita free
+    # here, so carla may ask for it before the take-back reaches Redis (paused for
+    # writes); meanwhile a server elsewhere took ana. Neither name is left for her.
+    a = chat_on(hub=PATIENT)
+    ana, carla = join(a, "ana"), join(a, "carla")
+    (hub,) = chat_on.hubs
+    session = hub.local.holder("ana")
+    answer = hub.rename(session, "anita")
+    assert answer.result(5) == "ana"
+    with redis_server.client() as other:
+        other.set("enlace:server:other", "1", px=60_000)
+        other.set("enlace:nick:ana", "other\t1\tana")
+    admin = redis_server.client()
+    admin.execute_command("CLIENT", "PAUSE", "4000", "WRITE")
+    try:
+        answer.cancel()
+        assert session.data["nick"] == "ana"
+        carla.send("/nick anita")
+        wait_for(lambda: hub.local.holder("anita") is not None)  # held here for carla
+    finally:
+        admin.execute_command("CLIENT", "UNPAUSE")
+    told = re.fullmatch(
+        r"\* ana is in use on another server \(taken while your /nick anita timed out\): "
+        r"you are (guest-\d+) now; /nick NAME to choose another",
+        ana.until("is in use")[-1],
+    )
+    assert told is not None
+    guest = told[1]
+    # Her claim was queued before the room's news of ana, so its answer may come first.
+    lines = until_all(carla, "you are now", f"ana is now known as {guest}")
+    assert "you are now anita" in lines
+    carla.send("/who")
+    assert carla.until("general:")[-1] == f"general: anita, {guest}"
+    assert owner_of(redis_server, "anita").endswith(b"\tanita")
+    assert owner_of(redis_server, "ana") == b"other\t1\tana"
+    assert session.data["nick"] == guest
+    for person in (ana, carla):
+        person.close()
+
+
+def test_an_asker_who_leaves_while_the_take_back_runs_holds_neither_name(
+    chat_on,  # noqa: F811
+    redis_server,  # noqa: F811
+):
+    # The take-back is in Redis (paused for writes) when ana leaves; a server elsewhere
+    # took ana meanwhile, so the take-back fails and would keep anita for her: it must
+    # not, here or in Redis, since her departure no longer knows of that name.
+    a = chat_on(hub=PATIENT)
+    ana, carla = join(a, "ana"), join(a, "carla")
+    (hub,) = chat_on.hubs
+    session = hub.local.holder("ana")
+    answer = hub.rename(session, "anita")
+    assert answer.result(5) == "ana"
+    with redis_server.client() as other:
+        other.set("enlace:server:other", "1", px=60_000)
+        other.set("enlace:nick:ana", "other\t1\tana")
+    admin = redis_server.client()
+    admin.execute_command("CLIENT", "PAUSE", "4000", "WRITE")
+    try:
+        answer.cancel()
+        wait_for(lambda: any(  # the take-back waits in Redis
+            "b" in client["flags"] and client["cmd"] == "evalsha" for client in admin.client_list()
+        ))  # fmt: skip
+        ana.close()
+        wait_for(lambda: session.data.get("departed"))
+    finally:
+        admin.execute_command("CLIENT", "UNPAUSE")
+    carla.until("ana left the chat")  # queued after the take-back
+    assert owner_of(redis_server, "anita") is None
+    carla.send("/nick anita")
+    assert reply(carla) == "you are now anita"
+    carla.close()

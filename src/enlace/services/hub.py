@@ -262,9 +262,12 @@ class LocalHub(Hub):
         """Hold ``nick``'s key for the session, so no one here takes it meanwhile.
 
         Raises ``nick_taken`` if someone else in this process holds it. The
-        session keeps its nick until :meth:`commit` (or :meth:`cancel`).
+        session keeps its nick until :meth:`commit` (or :meth:`cancel`). Does
+        nothing for a session that has departed (no one could ever free the key).
         """
         with self._lock:
+            if session.data.get("departed"):
+                return
             holder = self._nicks.get(nick_key(nick))
             if holder is not None and holder is not session:
                 raise CommandError(

@@ -100,7 +100,7 @@ class RedisNicks:
     def arrive(self, session: Session) -> str:
         nick = guest_nick(self._next_guest())
         self.local.register(session, nick)
-        self.link.submit(self._claim(session, nick, None))
+        self.link.submit(self._claim(session, nick))
         return nick
 
     def depart(self, session: Session) -> None:
@@ -122,10 +122,10 @@ class RedisNicks:
         old = str(session.data["nick"])
         if nick_key(old) == nick_key(nick):  # another spelling of one's own name: no one to ask
             self.local.rename(session, nick)
-            self.link.submit(self._claim(session, nick, None))  # the record shows the new one
+            self.link.submit(self._claim(session, nick))  # the record shows the new one
             return settled(old)
         self.local.reserve(session, nick)
-        op = self._claim(session, nick, old)
+        op = self._renaming(_Rename(session, nick, old))
         if not self.link.submit(op):
             self.local.cancel(session, nick)
             raise busy()
@@ -142,7 +142,7 @@ class RedisNicks:
         old = str(session.data.get("nick"))
         new = guest_nick(self._next_guest())
         self.local.commit(session, new)
-        self.link.submit(self._claim(session, new, None))
+        self.link.submit(self._claim(session, new))
         self._notify(session, f"{old} is in use on another server ({why}): you are {new} now; "
                               "/nick NAME to choose another")  # fmt: skip
         self._renamed(session, old, new)
@@ -163,10 +163,8 @@ class RedisNicks:
 
     # -- claims ------------------------------------------------------------------------
 
-    def _claim(self, session: Session, nick: str, old: str | None) -> Op:
-        """Claim ``nick`` for the session; with ``old``, a /nick awaiting the answer."""
-        if old is not None:
-            return self._renaming(_Rename(session, nick, old))
+    def _claim(self, session: Session, nick: str) -> Op:
+        """Claim ``nick`` for the session, which holds it here already; nobody waits."""
 
         async def run() -> None:
             if session.data.get("departed"):  # its release may have gone first (a resync)
@@ -178,6 +176,7 @@ class RedisNicks:
         return Op(run, lambda: None)  # while Redis is away: claimed when it is back
 
     def _renaming(self, asked: _Rename) -> Op:
+        """Claim a /nick's new name, freeing the old one; its asker awaits the answer."""
         session, nick = asked.session, asked.new
 
         async def run() -> str:
@@ -239,11 +238,10 @@ class RedisNicks:
         if session.data.get("departed"):  # its departure frees both names
             return
         try:
-            self.local.reserve(session, asked.old)
+            self.local.rename(session, asked.old)
         except CommandError:  # someone here took the old one meanwhile: keep the new
             self._kept(asked)
             return
-        self.local.commit(session, asked.old)
         self.link.clean_up(Op(lambda: self._take_back(asked), lambda: None))
 
     async def _take_back(self, asked: _Rename) -> None:
@@ -256,12 +254,14 @@ class RedisNicks:
             return
         # A server elsewhere took the old nick in between: the new one stays after all.
         try:
-            self.local.reserve(session, asked.new)
+            self.local.rename(session, asked.new)
         except CommandError:  # and someone here took the new one: a guest, then
             await self.release(session, asked.new)
             self.displace(session, f"taken while your /nick {asked.new} timed out")
             return
-        self.local.commit(session, asked.new)
+        if session.data.get("departed"):  # left meanwhile: its departure missed the new one
+            await self.release(session, asked.new)
+            return
         self._kept(asked)
 
     def _kept(self, asked: _Rename) -> None:
