@@ -105,9 +105,11 @@ class RedisNicks:
 
     def depart(self, session: Session) -> None:
         # Its nick, and the one a /nick still on its way may have claimed: queued after
-        # that claim, the release finds whichever this session holds.
-        nicks = {session.data.get("nick"), session.data.get("reserved")} - {None}
-        self.local.depart(session)
+        # that claim, the release finds whichever this session holds. Read under the
+        # lock a granted claim commits under, so a rename cannot land between the reads.
+        with self._lock:
+            nicks = {session.data.get("nick"), session.data.get("reserved")} - {None}
+            self.local.depart(session)
 
         async def run() -> None:
             pipe = self.link.client.pipeline(transaction=False)
