@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import ssl
+import threading
 import time
 from collections.abc import Callable
 
@@ -45,3 +48,28 @@ def test_a_tls_client_over_capacity_that_talks_first_still_reads_the_refusal():
                 second.sendall(b"/ping\n")
                 time.sleep(0.1)  # the server takes each before the next comes
             assert read_to_eof(second).startswith(b"ERR busy: too many connections")
+
+
+def test_shutdown_ends_the_refused_tls_clients_it_finds():
+    # A refused TLS client costs a thread (its handshake, then a lingering read):
+    # shutdown must end those too, not leave them for up to handshake_timeout + 2 s.
+    server = enlace.sync.Server(
+        EchoService(), "127.0.0.1", 0, ssl=server_ssl(), max_connections=1, handshake_timeout=30
+    )
+    server.start()
+    with tls_connect(server.address) as first, connect(server.address) as stalled:
+        first.sendall(b"x")
+        assert first.recv(1) == b"x"
+        # Half a handshake: send the hello, read the server's answer, then go silent.
+        # The refusal's thread now waits for the rest, for up to handshake_timeout.
+        hello = client_ssl().wrap_bio(ssl.MemoryBIO(), outgoing := ssl.MemoryBIO())
+        with contextlib.suppress(ssl.SSLWantReadError):
+            hello.do_handshake()
+        stalled.sendall(outgoing.read())
+        assert stalled.recv(1)  # the server hello: the refusal's thread is handshaking
+        started = time.monotonic()
+        server.shutdown(drain_timeout=0)
+        assert time.monotonic() - started < 5
+        assert not any(thread.name == "enlace-refuse" for thread in threading.enumerate())
+        stalled.settimeout(5)  # closed by the server, so this ends: EOF, not a timeout
+        read_to_eof(stalled, limit=1 << 16)

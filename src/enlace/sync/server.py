@@ -99,7 +99,7 @@ class Server:
         self._connections: set[Connection] = set()
         self._starting = 0  # threads handshaking, not yet in _connections
         self._closing = False  # shutdown has closed the connections it found
-        self._tls_refusals = 0
+        self._tls_refusals: set[socket.socket] = set()  # refused TLS clients, on their threads
         self._idle = threading.Condition()
         self._wake_r, self._wake_w = socket.socketpair()
         self._accept_thread: threading.Thread | None = None
@@ -155,11 +155,19 @@ class Server:
                 self._idle.wait(remaining)
             self._closing = True
             leftovers = list(self._connections)
+            refused = list(self._tls_refusals)
         for connection in leftovers:
             connection.close()
+        for sock in refused:
+            # Wakes its thread from the handshake or the lingering read; it then closes it.
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
         with self._idle:
             # Closing wakes each thread from recv(); their last step is quick.
-            self._idle.wait_for(lambda: not self._connections, timeout=LINGER_TIMEOUT + 1.0)
+            self._idle.wait_for(
+                lambda: not self._connections and not self._tls_refusals,
+                timeout=LINGER_TIMEOUT + 1.0,
+            )
         self._wake_r.close()
         self._wake_w.close()
         self._stopped.set()
@@ -282,10 +290,10 @@ class Server:
         # a short-lived thread, at most MAX_LINGERING_REFUSALS at once (past that,
         # a plain close), so a flood cannot make threads without bound.
         with self._idle:
-            if self._tls_refusals >= MAX_LINGERING_REFUSALS:
+            if self._closing or len(self._tls_refusals) >= MAX_LINGERING_REFUSALS:
                 sock.close()
                 return
-            self._tls_refusals += 1
+            self._tls_refusals.add(sock)
 
         def refuse() -> None:
             try:
@@ -296,9 +304,10 @@ class Server:
                         tls.shutdown(socket.SHUT_WR)
                         discard_input(tls.raw, timeout=LINGER_TIMEOUT, max_bytes=LINGER_BYTES)
             finally:
-                sock.close()
                 with self._idle:
-                    self._tls_refusals -= 1
+                    self._tls_refusals.discard(sock)
+                    self._idle.notify_all()
+                sock.close()
 
         threading.Thread(target=refuse, name="enlace-refuse", daemon=True).start()
 
