@@ -35,7 +35,7 @@ from enlace.web.static import Reply
 if TYPE_CHECKING:
     from enlace.web.server import WebServer
 
-__all__ = ["LOGGER", "Clock", "HttpConnection"]
+__all__ = ["LOGGER", "Clock", "HttpConnection", "error_response", "refusal_detail"]
 
 LOGGER = logging.getLogger("enlace.web")
 _monotonic = time.monotonic
@@ -53,6 +53,45 @@ _KEEP_ALIVE = b"Connection: keep-alive\r\n\r\n"
 _CLOSE = b"Connection: close\r\n\r\n"
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 _DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+
+
+def error_response(status: int, detail: str, date: bytes) -> bytes:
+    """A whole error response (``detail`` on its page) that ends the connection.
+
+    What a client is sent with no request read, by the connection (:meth:`HttpConnection._final`)
+    or before one exists (the HTTPS port's answers to a plain client and to a refused one).
+    """
+    head, body = _head_and_body(_error_reply(status, detail), False, date)
+    return head + body
+
+
+def refusal_detail(reason: str) -> str:
+    """The 503 page's text for a client refused for ``reason`` (a connection cap)."""
+    return f"{reason}; try again later"
+
+
+def _error_reply(status: int, detail: str) -> Reply:
+    return Reply(status, body=error_page(status, detail))
+
+
+def _head_and_body(reply: Reply, keep: bool, date: bytes) -> tuple[bytes, bytes]:
+    """The head of a ``reply`` without cached ``fields``, and the body it goes with.
+
+    An error with no body gets its page; ``Content-Length`` is the body's, the file
+    span's or, for a reply to HEAD, ``size``.
+    """
+    status, body, headers = reply.status, reply.body, reply.headers
+    if status >= 400:
+        if not body and reply.size is None:
+            body = error_page(status)
+        headers = [*headers, ("Content-Type", "text/html; charset=utf-8")]
+    if status not in _NO_BODY_STATUS:
+        if reply.size is not None:
+            length = reply.size
+        else:
+            length = reply.length if reply.fd is not None else len(body)
+        headers = [*headers, ("Content-Length", str(length))]
+    return response_head(status, headers, date=date, keep_alive=keep), body
 
 
 class Clock:
@@ -133,16 +172,12 @@ class HttpConnection(asyncio.Protocol):
             LOGGER.warning("%s refused: not in the allow-list", host)
             transport.abort()
             return
-        if server.max_connections is not None and server._active >= server.max_connections:
-            LOGGER.warning(
-                "%s refused: too many connections (limit %d)", host, server.max_connections
-            )
-            self._final(503, "too many connections; try again later")
-            return
-        refused = server.policy.acquire(host)
+        # Over HTTPS the acceptor already refused, before the handshake, whoever these
+        # checks would (handshakes counted as connections): here they refuse plain clients.
+        refused = server._over_capacity() or server.policy.acquire(host)
         if refused is not None:
             LOGGER.warning("%s refused: %s", host, refused)
-            self._final(503, f"{refused}; try again later")
+            self._final(503, refusal_detail(refused))
             return
         server._active += 1
         self.counted = True
@@ -268,19 +303,7 @@ class HttpConnection(asyncio.Protocol):
                 )
             )
         else:
-            headers = reply.headers
-            if status >= 400:
-                if not body and reply.size is None:
-                    body = error_page(status)
-                headers = [*headers, ("Content-Type", "text/html; charset=utf-8")]
-            if status not in _NO_BODY_STATUS:
-                length = (
-                    reply.size
-                    if reply.size is not None
-                    else (reply.length if fd is not None else len(body))
-                )
-                headers = [*headers, ("Content-Length", str(length))]
-            head = response_head(status, headers, date=clock.date, keep_alive=keep)
+            head, body = _head_and_body(reply, keep, clock.date)
         sent = 0
         if request is not None and request.method == "HEAD":
             if fd is not None:
@@ -301,13 +324,13 @@ class HttpConnection(asyncio.Protocol):
 
     def _refuse(self, error: HttpError) -> None:
         LOGGER.info("%s bad request (%s): %s", self.peer, error.code, error)
-        self._reply(None, Reply(error.status, body=error_page(error.status, str(error))), False)
+        self._reply(None, _error_reply(error.status, str(error)), False)
 
     def _refuse_token(self, request: Request, delay: float | None) -> None:
         """403 for a missing or wrong token, after ``delay`` (as the upgrade's), then close."""
         self.closing = True
         self._pause_reading()
-        reply = Reply(403, body=error_page(403, "a valid token is required"))
+        reply = _error_reply(403, "a valid token is required")
         if not delay:
             self._reply(request, reply, False)
             return
@@ -322,7 +345,7 @@ class HttpConnection(asyncio.Protocol):
     def _final(self, status: int, detail: str) -> None:
         """Answer ``status`` and close, with no request read (refusals, timeouts)."""
         self.corked = None
-        self._reply(None, Reply(status, body=error_page(status, detail)), False)
+        self._reply(None, _error_reply(status, detail), False)
         if not self.queue:
             self._linger()
 

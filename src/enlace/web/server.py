@@ -10,7 +10,9 @@ With ``ssl=`` it serves HTTPS: clients are accepted by a
 HTTPS port gets a clear ``400`` (as nginx says it: "The plain HTTP request was
 sent to HTTPS port") instead of a failed handshake. A
 :class:`~enlace.policy.ConnectionPolicy` (allow-list, per-address cap) is
-checked before any request is read.
+checked before any request is read. Over HTTPS, a client past a cap is refused
+by the acceptor before its handshake (:meth:`WebServer._tls_refusal`): it gets
+the same 503 as over plain HTTP, encrypted, with a lingering close.
 """
 
 from __future__ import annotations
@@ -40,9 +42,8 @@ from enlace.limits import (
     TLS_HANDSHAKE_TIMEOUT,
 )
 from enlace.policy import ConnectionPolicy
-from enlace.protocol.http import response_head
-from enlace.web.connection import LOGGER, Clock, HttpConnection
-from enlace.web.pages import SITE, ServiceInfo, error_page, render_home
+from enlace.web.connection import LOGGER, Clock, HttpConnection, error_response, refusal_detail
+from enlace.web.pages import SITE, ServiceInfo, render_home
 from enlace.web.static import StaticFiles
 
 __all__ = [
@@ -89,14 +90,7 @@ class UpgradeEndpoint(Protocol):
 
 def plain_http_answer(first: bytes) -> bytes:
     """The ``400`` a plain HTTP client on the HTTPS port gets, then the connection closes."""
-    body = error_page(400, PLAIN_HTTP_DETAIL)
-    head = response_head(
-        400,
-        [("Content-Type", "text/html; charset=utf-8"), ("Content-Length", str(len(body)))],
-        date=email.utils.formatdate(usegmt=True).encode(),
-        keep_alive=False,
-    )
-    return head + body
+    return error_response(400, PLAIN_HTTP_DETAIL, email.utils.formatdate(usegmt=True).encode())
 
 
 class WebServer(ListeningServer[HttpConnection]):
@@ -176,8 +170,35 @@ class WebServer(ListeningServer[HttpConnection]):
             return
         self._log_requests = LOGGER.isEnabledFor(logging.INFO)
         await self._listen(
-            lambda: HttpConnection(self), plain_answer=plain_http_answer, logger=LOGGER
+            lambda: HttpConnection(self),
+            plain_answer=plain_http_answer,
+            logger=LOGGER,
+            refusal_reason=self._tls_refusal,
+            refusal_answer=self._refusal_answer,
         )
+
+    def _over_capacity(self, pending: int = 0) -> str | None:
+        """Why ``max_connections`` refuses another client, ``pending`` more counted (None: room)."""
+        limit = self.max_connections
+        if limit is not None and self._active + pending >= limit:
+            return f"too many connections (limit {limit})"
+        return None
+
+    def _tls_refusal(self, host: str, pending: int, pending_from_host: int) -> str | None:
+        """Why an HTTPS client from ``host`` is refused before its handshake (None: admitted).
+
+        The connection's own checks, with the ``pending`` handshakes admitted so far
+        counted as the connections they are about to be, so that the connection made
+        after the handshake is never the one to refuse: the loop's TLS transport cannot
+        half-close, and closing it on a request the client sent before reading resets
+        the connection and destroys the 503.
+        """
+        return self._over_capacity(pending) or self.policy.refusal(host, pending=pending_from_host)
+
+    def _refusal_answer(self, reason: str) -> bytes:
+        """The 503 an HTTPS client refused before its handshake is sent, encrypted."""
+        self._clock.tick()
+        return error_response(503, refusal_detail(reason), self._clock.date)
 
     def _drain(self, connection: HttpConnection) -> None:
         connection.drain()  # idle ones close now, the others after their response
