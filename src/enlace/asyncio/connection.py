@@ -189,10 +189,7 @@ class Connection(asyncio.BaseProtocol):
             log_refused(server.logger, self._peer, "not in the allow-list")
             transport.abort()
             return
-        if server.max_connections is not None and server._active >= server.max_connections:
-            self._refuse(f"too many connections (limit {server.max_connections})")
-            return
-        refused = server.policy.acquire(self._peer[0])
+        refused = server._over_capacity() or server.policy.acquire(self._peer[0])
         if refused is not None:
             self._refuse(refused)
             return

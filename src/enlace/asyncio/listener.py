@@ -166,6 +166,25 @@ class ListeningServer(ABC, Generic[_C]):
         """
         return len(self._connections) - self._active <= MAX_LINGERING_REFUSALS
 
+    def _over_capacity(self, pending: int = 0) -> str | None:
+        """Why ``max_connections`` refuses another client, ``pending`` more counted (None: room)."""
+        limit = self.max_connections
+        if limit is not None and self._active + pending >= limit:
+            return f"too many connections (limit {limit})"
+        return None
+
+    def _tls_refusal(self, host: str, pending: int, pending_from_host: int) -> str | None:
+        """Why a TLS client from ``host`` is refused before its handshake (None: admitted).
+
+        The connection's own checks, with the ``pending`` handshakes admitted so far
+        counted as the connections they are about to be (as the thread runtime holds
+        a slot during a handshake), so that the connection made after the handshake
+        is never the one to refuse: the loop's TLS transport cannot half-close, and
+        closing it on bytes the client sent before reading resets the connection and
+        destroys the refusal.
+        """
+        return self._over_capacity(pending) or self.policy.refusal(host, pending=pending_from_host)
+
     @abstractmethod
     async def start(self) -> None:
         """Listen and start accepting; returns once the port is open."""
@@ -176,8 +195,7 @@ class ListeningServer(ABC, Generic[_C]):
         *,
         plain_answer: Callable[[bytes], bytes],
         logger: logging.Logger,
-        refusal_reason: Callable[[str, int, int], str | None] | None = None,
-        refusal_answer: Callable[[str], bytes] | None = None,
+        refusal_answer: Callable[[str], bytes],
     ) -> None:
         self._loop = asyncio.get_running_loop()
         self._stopped = asyncio.Event()
@@ -192,7 +210,7 @@ class ListeningServer(ABC, Generic[_C]):
             logger=logger,
             max_connections=self.max_connections,
             handshake_timeout=self.handshake_timeout,
-            refusal_reason=refusal_reason,
+            refusal_reason=self._tls_refusal,
             refusal_answer=refusal_answer,
         )
         await self._listener.start()

@@ -11,7 +11,7 @@ first byte so that a plain client is told ``ERR tls_required`` in clear text
 instead of failing a handshake it does not know it is in. A
 :class:`~enlace.policy.ConnectionPolicy` (allow-list, per-address cap) is
 checked before any handler exists. Over TLS, a client past a cap is refused by
-the acceptor before its handshake (:meth:`Server._tls_refusal`), which can
+the acceptor before its handshake (``ListeningServer._tls_refusal``), which can
 linger after the encrypted refusal as a plain refusal does.
 """
 
@@ -97,24 +97,8 @@ class Server(ListeningServer[Connection]):
             lambda: connection(self),
             plain_answer=tls_required_answer,
             logger=self.logger,
-            refusal_reason=self._tls_refusal,
             refusal_answer=self.service.refusal,
         )
-
-    def _tls_refusal(self, host: str, pending: int, pending_from_host: int) -> str | None:
-        """Why a TLS client from ``host`` is refused before its handshake (None: admitted).
-
-        The connection's own checks, with the ``pending`` handshakes admitted so far
-        counted as the connections they are about to be (as the thread runtime holds
-        a slot during a handshake), so that the connection made after the handshake
-        is never the one to refuse.
-        """
-        limit = self.max_connections
-        if limit is not None and self._active + pending >= limit:
-            return f"too many connections (limit {limit})"
-        # The policy's own rule (loopback exempt, its limit), with the pending
-        # handshakes from host counted.
-        return self.policy.refusal(host, pending=pending_from_host)
 
     def _force_close(self, connection: Connection) -> None:
         connection.force_close("server shutting down")

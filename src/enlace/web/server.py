@@ -11,7 +11,7 @@ HTTPS port gets a clear ``400`` (as nginx says it: "The plain HTTP request was
 sent to HTTPS port") instead of a failed handshake. A
 :class:`~enlace.policy.ConnectionPolicy` (allow-list, per-address cap) is
 checked before any request is read. Over HTTPS, a client past a cap is refused
-by the acceptor before its handshake (:meth:`WebServer._tls_refusal`): it gets
+by the acceptor before its handshake (``ListeningServer._tls_refusal``): it gets
 the same 503 as over plain HTTP, encrypted, with a lingering close.
 """
 
@@ -173,27 +173,8 @@ class WebServer(ListeningServer[HttpConnection]):
             lambda: HttpConnection(self),
             plain_answer=plain_http_answer,
             logger=LOGGER,
-            refusal_reason=self._tls_refusal,
             refusal_answer=self._refusal_answer,
         )
-
-    def _over_capacity(self, pending: int = 0) -> str | None:
-        """Why ``max_connections`` refuses another client, ``pending`` more counted (None: room)."""
-        limit = self.max_connections
-        if limit is not None and self._active + pending >= limit:
-            return f"too many connections (limit {limit})"
-        return None
-
-    def _tls_refusal(self, host: str, pending: int, pending_from_host: int) -> str | None:
-        """Why an HTTPS client from ``host`` is refused before its handshake (None: admitted).
-
-        The connection's own checks, with the ``pending`` handshakes admitted so far
-        counted as the connections they are about to be, so that the connection made
-        after the handshake is never the one to refuse: the loop's TLS transport cannot
-        half-close, and closing it on a request the client sent before reading resets
-        the connection and destroys the 503.
-        """
-        return self._over_capacity(pending) or self.policy.refusal(host, pending=pending_from_host)
 
     def _refusal_answer(self, reason: str) -> bytes:
         """The 503 an HTTPS client refused before its handshake is sent, encrypted."""
