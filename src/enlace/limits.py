@@ -44,6 +44,7 @@ __all__ = [
     "MAX_HUB_CLEANUP",
     "MAX_HUB_HELD",
     "MAX_HUB_PENDING",
+    "MAX_HUB_REREADS",
     "MAX_JSON",
     "MAX_JSON_DEPTH",
     "MAX_LINE",
@@ -237,7 +238,12 @@ MAX_HUB_CLEANUP = 4096
 MAX_HUB_BATCH = 256
 
 # Room events held for a joiner while its replay is read: a busy room's round trip's worth.
+# Past it the oldest held are let go, and read back from the room's history.
 MAX_HUB_HELD = 1024
+
+# Such reads per join: each is one round trip in which more than MAX_HUB_HELD events of the
+# room came again; past it, what was let go is counted as missed and the joiner is told.
+MAX_HUB_REREADS = 3
 
 # How often a server tells the hub it lives, and how long its members and nicks
 # outlast its silence: a crashed server's people leave /who within HUB_PRESENCE_TTL

@@ -25,7 +25,10 @@ client of every server sees one order per room, the order of the history.
 A join is one script too: read the room's sequence number and history, add the
 member to the presence, publish the ``join`` event. Events of that room reaching
 this server meanwhile are held for the joiner and released after the replay if
-their number is above the one read, so it sees each event once, in order.
+their number is above the one read, so it sees each event once, in order. At
+most ``max_held`` of them are held; those let go are read back from the history,
+and the joiner is told how many of them the history did not have
+(:mod:`enlace.services.redis_join`).
 
 What a client notices: its own lines come back once Redis has them (as they do
 to everyone); the events about itself (``join``, ``nick``) may come just after
@@ -96,6 +99,7 @@ from enlace.logs import logger_for
 from enlace.services.commands import CommandError
 from enlace.services.hub import ChatHooks, Hub, LocalHub, settled
 from enlace.services.message import Session
+from enlace.services.redis_join import MISSED, Joining
 from enlace.services.redis_link import Op, RedisLink, busy
 from enlace.services.redis_nicks import RedisNicks
 from enlace.services.redis_scripts import PREFIX as _P
@@ -116,16 +120,6 @@ UNREACHABLE = (
 BACK = "the chat hub is back: messages reach people on every server again"
 
 
-class _Joining:
-    """A session between entering a room and getting its replay: its events wait here."""
-
-    __slots__ = ("held", "room")
-
-    def __init__(self, room: str) -> None:
-        self.room = room
-        self.held: list[tuple[int, bool, dict[str, Any]]] = []
-
-
 class RedisHub(Hub):
     """The chat's rooms, presence, nicknames and history, shared through Redis at ``url``.
 
@@ -133,7 +127,8 @@ class RedisHub(Hub):
     ``unix://PATH?db=N``). Call :meth:`start` before serving (it raises
     :class:`~enlace.services.hub.HubError` if Redis cannot be reached) and
     :meth:`close` after, or use the hub as a context manager. ``max_history``
-    is the messages each room keeps in Redis; ``timeout``, ``heartbeat``,
+    is the messages each room keeps in Redis; ``max_held`` the events held for
+    a joiner (:mod:`enlace.services.redis_join`); ``timeout``, ``heartbeat``,
     ``presence_ttl``, ``max_backoff``, ``max_pending`` and ``max_cleanup`` are
     the bounds of the module docstring and of :mod:`enlace.services.redis_link`.
     """
@@ -151,6 +146,7 @@ class RedisHub(Hub):
         max_backoff: float = HUB_MAX_BACKOFF,
         max_pending: int = MAX_HUB_PENDING,
         max_cleanup: int = MAX_HUB_CLEANUP,
+        max_held: int | None = MAX_HUB_HELD,
     ) -> None:
         if presence_ttl < 2 * heartbeat:
             raise ValueError("presence_ttl must be at least two heartbeats")
@@ -160,6 +156,7 @@ class RedisHub(Hub):
         self.local = LocalHub(MemoryStore(max_history=max_history))
         self.store = self.local.store
         self.logger = logger_for("chat")
+        self.max_held = max_held
         self._chat: ChatHooks | None = None
         self._ttl = max(1, round(presence_ttl * 1000))  # as Redis takes it: milliseconds
         self._keys = {
@@ -172,7 +169,7 @@ class RedisHub(Hub):
         }
         self._events = f"{_P}events".encode()
         self._lock = threading.Lock()  # the joiners
-        self._joining: dict[int, _Joining] = {}
+        self._joining: dict[int, Joining] = {}
         self._mirrored: dict[str, int] = {}  # room -> the last sequence number copied
         self.link = RedisLink(
             url,
@@ -234,8 +231,7 @@ class RedisHub(Hub):
 
     def depart(self, session: Session) -> None:
         self.nicks.depart(session)
-        with self._lock:
-            self._joining.pop(session.id, None)
+        self._stop_holding(session)
 
     def rename(self, session: Session, nick: str) -> Future[str]:
         return self.nicks.rename(session, nick)
@@ -274,9 +270,12 @@ class RedisHub(Hub):
         # The greeting goes from this hub's thread too: the thread runtime holds back
         # what a connection's own thread writes until its callback ends, so pushed from
         # there it could arrive after the replay.
-        joining = _Joining(room)
+        joining = Joining(room, max_held=self.max_held)
         with self._lock:  # before the session is a member, so no event slips past it
+            replaced = self._joining.get(session.id)
             self._joining[session.id] = joining
+        if replaced is not None:
+            replaced.left = True
         self.local.add_member(session, room)
         nick = str(session.data["nick"])
         keys = [self._room(room, "seq"), self._room(room, "history"), self._keys["members"]]
@@ -294,12 +293,23 @@ class RedisHub(Hub):
                 self._mirrored[room] = int(before)
                 for event in replay:
                     self.store.append(room, event)
-            self._joined(session, joining, replay, int(before))
+            try:
+                await joining.catch_up(session.push, replay, int(before), recover)
+            finally:  # at once: no event of the room can arrive in between
+                self._caught_up(session, joining)
+
+        async def recover(after: int) -> tuple[int, dict[int, dict[str, Any]]]:
+            keys = [self._room(room, what) for what in ("seq", "history", "seqs")]
+            now, *flat = await self._script("recover", keys, [after])
+            pairs = zip(flat[::2], flat[1::2], strict=True)
+            return int(now), {int(seq): orjson.loads(event) for seq, event in pairs}
 
         def fallback() -> None:
+            if joining.started:  # caught up through Redis, which failed after: nothing to redo
+                return
             if greeting is not None:
                 session.push(greeting)
-            if self._joined(session, joining, None, 0):
+            if self._joined_alone(session, joining):
                 self.local.enter(session, room, joined)
 
         op = Op(run, fallback)
@@ -309,8 +319,7 @@ class RedisHub(Hub):
         return op.future
 
     def exit(self, session: Session, left: dict[str, Any]) -> None:
-        with self._lock:
-            self._joining.pop(session.id, None)
+        self._stop_holding(session)
         room = self.local.remove_member(session)
         if room is None:
             return
@@ -400,30 +409,64 @@ class RedisHub(Hub):
         for member, waiting in zip(members, joining, strict=True):
             if waiting is None or waiting.room != room:
                 member.push(event)
-            elif len(waiting.held) < MAX_HUB_HELD:
-                waiting.held.append((seq, keep, event))
             else:
-                self.logger.warning("chat hub: dropped an event for a joiner of %s", room)
+                first = waiting.evicted == 0
+                if not waiting.hold(seq, keep, event) and first:
+                    self.logger.info(
+                        "chat hub: more than %s events of %s came while someone joined it; "
+                        "holding the newest",
+                        self.max_held,
+                        room,
+                    )
 
-    def _joined(
-        self, session: Session, joining: _Joining, replay: list[dict[str, Any]] | None, before: int
-    ) -> bool:
-        """Give a joiner its replay, then what was held for it; False if it moved on since.
+    def _stop_holding(self, session: Session, joining: Joining | None = None) -> bool:
+        """Hold nothing more for the session (or only if ``joining`` is its joining).
 
-        ``replay`` None: Redis is away and the local hub replays; only the held
-        notices are left to give.
+        Returns whether it was still joining that room.
         """
         with self._lock:
-            if self._joining.get(session.id) is joining:
+            current = self._joining.get(session.id)
+            if current is None or (joining is not None and current is not joining):
+                current = None
+            else:
                 del self._joining[session.id]
-        if session.data.get("room") != joining.room:
+        if current is None:
             return False
-        for event in replay or ():
-            session.push({**event, "replay": True})
-        for seq, keep, event in joining.held:
-            if seq > before if replay is not None else not keep:
+        current.left = True
+        return session.data.get("room") == current.room
+
+    def _caught_up(self, session: Session, joining: Joining) -> None:
+        """The joiner has all it could get: hold nothing more, tell it what it missed."""
+        if self._stop_holding(session, joining):
+            self._tell_missed(session, joining.room, joining.missed)
+
+    def _joined_alone(self, session: Session, joining: Joining) -> bool:
+        """Redis is away, so the local hub replays: give what was held that it has not.
+
+        Kept events are in this server's copy of the history, so only the held
+        notices are left to give, and the count of those let go to tell.
+        """
+        if not self._stop_holding(session, joining):
+            return False
+        for _seq, keep, event in joining.held:
+            if not keep:
                 session.push(event)
+        joining.held.clear()
+        self._tell_missed(session, joining.room, joining.unkept)
         return True
+
+    def _tell_missed(self, session: Session, room: str, count: int) -> None:
+        if not count:
+            return
+        session.push(self._event("notice", text=MISSED.format(room=room, count=count)))
+        self.logger.warning(
+            "chat hub: %s missed %d events of %s while joining: more than %s came before its "
+            "replay, and the history does not have them",
+            session.data.get("nick"),
+            count,
+            room,
+            self.max_held,
+        )
 
     async def _register(self) -> None:
         """Tell Redis who is here (again): presence, nicks, a block of guest numbers."""
@@ -479,6 +522,7 @@ class RedisHub(Hub):
 
     def _post(self, room: str, event: dict[str, Any], *, keep: bool) -> Any:
         keys = [self._room(room, "seq"), self._room(room, "history"), self._keys["rooms"]]
+        keys.append(self._room(room, "seqs"))
         args = [room, orjson.dumps(event), int(keep), self.max_history, self._events]
         return lambda pipe: self._script("post", keys, args, pipe)
 

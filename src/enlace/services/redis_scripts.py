@@ -5,7 +5,8 @@ room name, ``KEY`` a :func:`~enlace.protocol.nicknames.nick_key`:
 
 ====================================  =========================================================
 ``enlace:room:ROOM:seq``              counter: the number of the room's latest event
-``enlace:room:ROOM:history``          list: the room's last ``max_history`` events (JSON)
+``enlace:room:ROOM:history``          list: the room's last ``max_history`` kept events (JSON)
+``enlace:room:ROOM:seqs``             list: the number of each event of the history, in step
 ``enlace:rooms``                      set: the rooms with history
 ``enlace:servers``                    set: the server ids that registered (pruned when dead)
 ``enlace:server:ID``                  ``1`` while server ID lives (expires without heartbeat)
@@ -21,6 +22,12 @@ messages for server ID's sessions as ``SESSION<TAB>NICK``, a newline, the JSON.
 Room names and nicks never contain a tab or a newline, so the headers parse
 unambiguously. Scripts name some keys they compute, which Redis Cluster
 forbids: the hub needs a standalone Redis (6.2 or newer).
+
+The history and its numbers are pushed and trimmed together, so their tails
+always match; a history older than the numbers (kept by an earlier enlace) has
+entries without a number at its head, which ``recover`` never reads. Every
+server of one hub must run the same enlace: one that pushes history without
+numbers would put the two out of step.
 """
 
 from __future__ import annotations
@@ -30,13 +37,15 @@ __all__ = ["PREFIX", "SCRIPTS"]
 #: The start of every key and channel.
 PREFIX = "enlace:"
 
-# KEYS: seq, history, rooms. ARGV: room, event, keep (0/1), max_history, channel.
+# KEYS: seq, history, rooms, seqs. ARGV: room, event, keep (0/1), max_history, channel.
 _POST = """
 local seq = redis.call('INCR', KEYS[1])
 local max = tonumber(ARGV[4])
 if ARGV[3] == '1' and max > 0 then
   redis.call('RPUSH', KEYS[2], ARGV[2])
   redis.call('LTRIM', KEYS[2], -max, -1)
+  redis.call('RPUSH', KEYS[4], seq)
+  redis.call('LTRIM', KEYS[4], -max, -1)
   redis.call('SADD', KEYS[3], ARGV[1])
 end
 redis.call('PUBLISH', ARGV[5], seq .. '\t' .. ARGV[1] .. '\t' .. ARGV[3] .. '\\n' .. ARGV[2])
@@ -55,6 +64,27 @@ redis.call('PEXPIRE', KEYS[3], ARGV[7])
 local seq = redis.call('INCR', KEYS[1])
 redis.call('PUBLISH', ARGV[6], seq .. '\t' .. ARGV[1] .. '\t0\\n' .. ARGV[5])
 return {before, kept}
+"""
+
+# KEYS: seq, history, seqs. ARGV: a number. Returns the room's current number, then the
+# number and event of each event of the history numbered above ARGV[1], oldest first: all
+# the numbers are read (they are small), and only the events returned.
+_RECOVER = """
+local out = {tonumber(redis.call('GET', KEYS[1]) or '0')}
+local after = tonumber(ARGV[1])
+local seqs = redis.call('LRANGE', KEYS[3], 0, -1)
+local n = #seqs
+local oldest = n - math.min(n, redis.call('LLEN', KEYS[2])) + 1
+local first = n + 1
+while first > oldest and tonumber(seqs[first - 1]) > after do first = first - 1 end
+if first <= n then
+  local events = redis.call('LRANGE', KEYS[2], first - n - 1, -1)
+  for i, event in ipairs(events) do
+    out[#out + 1] = seqs[first + i - 1]
+    out[#out + 1] = event
+  end
+end
+return out
 """
 
 # KEYS: nick, members, nicks of this server, old nick. ARGV: server id, record,
@@ -185,6 +215,7 @@ return redis.call('INCRBY', KEYS[1], ARGV[2])
 """
 
 SCRIPTS = {
-    "post": _POST, "enter": _ENTER, "claim": _CLAIM, "release": _RELEASE, "register": _REGISTER,
-    "unregister": _UNREGISTER, "presence": _PRESENCE, "private": _PRIVATE, "guests": _GUESTS,
+    "post": _POST, "enter": _ENTER, "recover": _RECOVER, "claim": _CLAIM, "release": _RELEASE,
+    "register": _REGISTER, "unregister": _UNREGISTER, "presence": _PRESENCE, "private": _PRIVATE,
+    "guests": _GUESTS,
 }  # fmt: skip
