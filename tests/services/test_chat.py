@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import json
 import socket
 
 import pytest
 
+import enlace.services.chat
 from enlace.services.assistant import install_assistant
 from enlace.services.chat import ChatService
+from enlace.services.commands import CommandError
 from tests.services.people import Person
 
 
@@ -194,3 +198,27 @@ def test_the_assistants_name_is_reserved(serve):
         "ERR ai_unavailable: the AI assistant is not configured"
     )
     person.close()
+
+
+def test_a_hub_answer_given_up_on_is_cancelled_before_the_asker_hears(monkeypatch):
+    # The hub undoes what its asker was told did not happen (a /nick answered
+    # hub_timeout) when the answer is cancelled: the chat must cancel it itself,
+    # before raising, rather than rely on what asyncio.wrap_future does.
+    monkeypatch.setattr(enlace.services.chat, "_HUB_ANSWER_TIMEOUT", 0.05)
+    seen: list[bool] = []
+
+    class Watched(concurrent.futures.Future[str]):
+        def cancel(self) -> bool:
+            seen.append(True)
+            return super().cancel()
+
+    answer = Watched()
+
+    async def ask() -> None:
+        with pytest.raises(CommandError) as raised:
+            await enlace.services.chat._answer(answer)
+        assert raised.value.code == "hub_timeout"
+        assert seen  # cancelled by the time the error is raised
+
+    asyncio.run(ask())
+    assert answer.cancelled()

@@ -81,8 +81,8 @@ def test_a_nick_change_given_up_on_after_its_answer_is_taken_back(
     chat_on,  # noqa: F811
     redis_server,  # noqa: F811
 ):
-    # The answer was on its way when the chat stopped waiting: asyncio.wrap_future then
-    # cancels the future that already holds it, which is what the hub hears.
+    # The answer was on its way when the chat stopped waiting: the chat then cancels
+    # the future that already holds it, which is what the hub hears.
     a = chat_on()
     ana = join(a, "ana")
     (hub,) = chat_on.hubs

@@ -75,6 +75,9 @@ async def _answer(future: Future[T]) -> T:
         try:
             await asyncio.wait_for(asyncio.wrap_future(future), _HUB_ANSWER_TIMEOUT)
         except TimeoutError:
+            # Said, not left to wrap_future (which does cancel what it wraps, undocumented):
+            # an Answer undoes, before the asker hears of the timeout, what it was too late for.
+            future.cancel()
             raise CommandError(
                 "hub_timeout", "the chat hub did not answer in time; try again"
             ) from None

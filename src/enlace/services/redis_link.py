@@ -66,12 +66,12 @@ _UNREACHABLE_ERRORS = (
 class Answer(Future[Any]):
     """A future that tells ``on_abandon`` when whoever waits on it gives up.
 
-    :func:`asyncio.wrap_future`, through which the chat awaits the hub, cancels
-    the future it wraps when the waiting is cancelled (the chat's
-    ``hub_timeout``), even a future that already holds its result: then
+    The chat cancels the future it waited for when it gives up (its
+    ``hub_timeout``), even one that already holds its result: then
     :meth:`cancel` returns False, as always, but ``on_abandon`` runs all the same
-    (on the canceller's thread, at each call), so an operation can undo what its
-    asker was told did not happen.
+    (on the canceller's thread, at each call, so it must be idempotent:
+    :func:`asyncio.wrap_future` cancels it too), so an operation can undo what
+    its asker was told did not happen.
     """
 
     def __init__(self, on_abandon: Callable[[], None]) -> None:
