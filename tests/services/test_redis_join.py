@@ -414,6 +414,28 @@ def test_a_joiner_cut_off_from_redis_joins_on_this_server_and_is_told_too(server
         person.close()
 
 
+def test_a_joiner_whose_read_back_finds_redis_emptied_gets_what_it_holds_and_is_told(
+    servers, relay, redis_server
+):
+    a, b = servers()
+    bob, wally, zoe = setting(a, b)
+    load_recover(redis_server)
+    reading = relay.hold(READS)
+    hold = stalled_join(relay, zoe, wally)
+    live = say(bob, wally, [f"linea {n}" for n in range(4)])
+    hold.release()
+    assert reading.seen.wait(5)
+    with redis_server.client() as admin:
+        admin.flushall()  # Redis lost its data: the room's numbers restart, its history is gone
+    reading.release()
+    # Held: linea 2 and 3, given as they came. Let go: the join, linea 0 and 1, which the
+    # emptied history cannot give back.
+    assert zoe_joins(zoe) == [*REPLAY, *live[2:], notice(3)]
+    assert bytes(relay.sent).count(READS) == 1  # seen as emptied: not read again in vain
+    for person in (bob, wally, zoe):
+        person.close()
+
+
 def test_a_joiner_reads_back_at_most_max_hub_rereads_times(servers, relay, redis_server):
     assert MAX_HUB_REREADS == 3
     a, b = servers(max_history=20)
