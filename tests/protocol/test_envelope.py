@@ -303,6 +303,35 @@ def test_a_too_deep_array_is_still_json_and_not_an_object() -> None:
         assert (result.code, result.form, result.fatal) == ("not_an_object", "json", False)
 
 
+@pytest.mark.parametrize("levels", [33, 40, 500, 981, 5000, 200_000])
+def test_depth_is_the_brackets_nesting_valid_json_or_not(levels: int) -> None:
+    # Measured on the bytes, so the answer never depends on how deep a parser got
+    # before it failed (the standard library's gives up near 1,000 levels).
+    unclosed = parse_payload(b"[" * levels, max_json=None)
+    assert isinstance(unclosed, BadRequest)
+    assert (unclosed.code, unclosed.form) == ("not_an_object", "json")
+    request = parse_payload(b'{"cmd":"x","args":' + b"[" * levels, max_json=None)
+    assert isinstance(request, BadRequest)
+    assert request.code == "json_too_deep"
+
+
+def test_invalid_json_within_the_depth_limit_is_judged_as_before() -> None:
+    assert parse_payload(b"[" * 32) == ChatText("[" * 32)
+    assert parse_payload(b"[1,2") == ChatText("[1,2")
+    request = parse_payload(b'{"cmd":"x","args":' + b"[" * 31)
+    assert isinstance(request, BadRequest)
+    assert request.code == "invalid_json"
+
+
+def test_brackets_in_strings_with_escapes_are_not_nesting() -> None:
+    quoted = b'{"cmd":"x","args":["\\\\\\"' + b"[" * 40 + b'"]}'  # \\ then \" inside
+    assert parse_payload(quoted) == JsonRequest(None, "x", ['\\"' + "[" * 40])
+    after = b'{"cmd":"x","a":"\\\\"' + b"[" * 40  # the string ends: 40 levels follow
+    result = parse_payload(after)
+    assert isinstance(result, BadRequest)
+    assert result.code == "json_too_deep"
+
+
 @pytest.mark.parametrize(
     ("payload", "request_id"),
     [

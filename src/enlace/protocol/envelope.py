@@ -15,7 +15,7 @@ the stream cannot be resynchronised, so the reply is sent and the connection clo
 
 from __future__ import annotations
 
-import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -122,30 +122,34 @@ def loads(payload: bytes | str, *, max_depth: int | None = MAX_JSON_DEPTH) -> An
 
 
 def _check_depth(raw: bytes, max_depth: int) -> None:
-    # orjson recurses on the C stack and overflows it (killing the process) at
-    # about 150,000 levels, so a suspicious document is measured first with the
-    # standard library's parser, which raises RecursionError instead.
-    try:
-        value = json.loads(raw)
-    except RecursionError:
-        raise JsonTooDeep(f"JSON nested deeper than {max_depth} levels") from None
-    except ValueError:
-        return  # not valid JSON: orjson says why, with the same message as always
-    if _depth(value) > max_depth:
+    # Measured on the bytes, before any parser runs: orjson recurses on the C stack
+    # and overflows it (killing the process) at about 150,000 levels, and the
+    # standard library's parser gives up at a depth that depends on the stack in
+    # use (and, on a valid document, builds it all first: 0.7 s for 1 MiB of
+    # small arrays). Brackets outside strings are the nesting of valid JSON, and
+    # measure invalid JSON the same way, so the answer never depends on a parser.
+    if _bracket_depth_exceeds(raw, max_depth):
         raise JsonTooDeep(f"JSON nested deeper than {max_depth} levels")
 
 
-def _depth(value: Any) -> int:
-    deepest = 0
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        item, level = stack.pop()
-        if isinstance(item, dict):
-            item = list(item.values())
-        if isinstance(item, list):
-            deepest = max(deepest, level)
-            stack.extend((child, level + 1) for child in item)
-    return deepest
+# A whole JSON string, escapes included (unrolled, so that long strings match fast):
+# brackets inside one are not nesting.
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_NOT_BRACKETS = bytes(byte for byte in range(256) if byte not in b"[]{}")
+_OPENING = frozenset(b"[{")
+
+
+def _bracket_depth_exceeds(raw: bytes, max_depth: int) -> bool:
+    """Whether ``[``/``{`` outside strings nest deeper than ``max_depth``, valid JSON or not."""
+    depth = 0
+    for byte in _JSON_STRING.sub(b"", raw).translate(None, _NOT_BRACKETS):
+        if byte in _OPENING:
+            depth += 1
+            if depth > max_depth:
+                return True
+        elif depth:
+            depth -= 1
+    return False
 
 
 def dumps(value: Any) -> bytes:
