@@ -1507,3 +1507,45 @@ def test_a_tls_client_hello_is_refused_in_clear_text():
 def test_a_line_starting_with_ctrl_v_alone_is_still_a_line():
     connection = ServerConnection()
     assert connection.receive(b"\x16hola\n") == [ChatText("\x16hola")]
+
+
+TLS_HELLO_ERROR = BadRequest(
+    "tls_not_supported",
+    "this port speaks plain TCP, not TLS: connect without --tls",
+    "text",
+    fatal=True,
+)
+
+
+def test_a_tls_client_hello_cut_after_its_first_byte_is_still_refused():
+    connection = ServerConnection()
+    assert connection.receive(b"\x16") == []
+    assert connection.kind == "unknown"  # one byte kept: 0x16 alone decides nothing
+    assert connection.receive(b"\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(32)) == [
+        TLS_HELLO_ERROR
+    ]
+    assert connection.tls_hello
+    assert connection.receive(b"more of the handshake\n") == []  # nothing after it is served
+
+
+def test_detect_then_receive_sees_a_split_client_hello():
+    # The message server's way: detect() each new piece, then receive() the deciding one.
+    connection = ServerConnection()
+    assert not connection.detect(b"\x16")
+    assert connection.detect(b"\x03\x01") and connection.tls_hello
+    assert connection.receive(b"\x03\x01") == [TLS_HELLO_ERROR]
+
+
+def test_a_kept_0x16_is_served_with_the_bytes_after_it():
+    connection = ServerConnection()
+    assert not connection.detect(b"\x16")
+    assert connection.detect(b"hola\n") and not connection.tls_hello
+    assert connection.receive(b"hola\n") == [ChatText("\x16hola")]
+    assert connection.receive(b"adios\n") == [ChatText("adios")]  # the byte is served once
+
+
+def test_a_lone_0x16_then_eof_is_no_request():
+    connection = ServerConnection()
+    assert connection.receive(b"\x16") == []
+    assert connection.eof() == []
+    assert connection.kind == "unknown"

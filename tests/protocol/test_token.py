@@ -80,3 +80,45 @@ def test_a_long_first_line_or_frame_is_refused_before_it_is_buffered():
 def test_empty_token_is_a_programming_error():
     with pytest.raises(ValueError, match="empty"):
         TokenGate("")
+
+
+KEEP_ALIVES = {"framed": b"\x00\x00\x00\x00", "line": b"\n", "crlf": b"\r\n"}
+TOKENS = {"framed": b"\x00\x00\x00\x0d/token s3cret", "line": b"/token s3cret\n"}
+
+
+@pytest.mark.parametrize("kind", ["framed", "line", "crlf"])
+def test_keep_alives_before_the_token_are_not_the_first_payload(kind):
+    keep_alive, token = KEEP_ALIVES[kind], TOKENS["framed" if kind == "framed" else "line"]
+    gate = TokenGate("s3cret")
+    assert gate.receive(keep_alive * 3) is None  # no reply to a keep-alive, no verdict
+    verdict = gate.receive(token + keep_alive)
+    assert verdict is not None and verdict.accepted
+    assert verdict.rest == keep_alive  # after the token: the service's, as it came
+    verdict, after = feed_bytewise(TokenGate("s3cret"), keep_alive * 2 + token + b"X")
+    assert verdict is not None and verdict.accepted and after == b"X"
+
+
+def test_keep_alives_do_not_count_towards_the_token_limit():
+    gate = TokenGate("s3cret", max_token=64)
+    assert gate.receive(b"\n" * 10_000) is None
+    verdict = gate.receive(b"/token s3cret\n")
+    assert verdict is not None and verdict.accepted
+
+
+def test_a_keep_alive_then_something_else_is_still_refused():
+    verdict = TokenGate("s3cret").receive(b"\n/upper hola\n")
+    assert verdict is not None and not verdict.accepted
+    assert verdict.reply.startswith(b"ERR token_required: ")
+
+
+@pytest.mark.parametrize("cut", [None, 1], ids=["whole", "0x16-alone-first"])
+def test_a_tls_client_hello_gets_the_message_servers_answer(cut):
+    hello = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(32)
+    gate = TokenGate("s3cret")
+    if cut is not None:
+        assert gate.receive(hello[:cut]) is None
+    verdict = gate.receive(hello[cut:] if cut else hello)
+    assert verdict is not None and not verdict.accepted
+    assert verdict.reply == (
+        b"ERR tls_not_supported: this port speaks plain TCP, not TLS: connect without --tls\n"
+    )

@@ -6,16 +6,21 @@ import asyncio
 import contextlib
 import json
 import logging
+import queue
 import socket
+import ssl
 import struct
 import threading
 import time
 
 import pytest
 
+from enlace.services.base import StreamHandler
+from enlace.services.chat import ChatService
 from enlace.services.commands import CommandError, Context
 from enlace.services.message import MessageService
 from tests.conftest import connect, read_exactly, read_to_eof
+from tests.services.people import Person
 
 
 class Framed:
@@ -461,3 +466,80 @@ def test_output_left_unread_too_long_drops_the_client(serve, dropped):
     assert dropped.is_set()  # by time: max_outbound is off
     slow.close()
     sender.close()
+
+
+# -- a TLS client on this plain port ------------------------------------------------------
+
+TLS_REFUSAL = b"ERR tls_not_supported: this port speaks plain TCP, not TLS: connect without --tls\n"
+
+
+def client_hello() -> bytes:
+    """The first flight of a real TLS client (Python's ssl), as it would reach the server."""
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ssl.create_default_context().wrap_bio(incoming, outgoing, server_hostname="localhost")
+    with contextlib.suppress(ssl.SSLWantReadError):
+        tls.do_handshake()
+    hello = outgoing.read()
+    assert hello[:2] == b"\x16\x03"
+    return hello
+
+
+class WatchedChat(ChatService):
+    """The chat, telling the test each piece of bytes a connection has handled."""
+
+    def __init__(self) -> None:
+        super().__init__(flood_burst=None)
+        self.handled: queue.Queue[bytes] = queue.Queue()
+
+    def handler(self) -> StreamHandler:
+        handler = super().handler()
+        serve = handler.data_received
+
+        def data_received(data: bytes) -> None:
+            serve(data)
+            self.handled.put(data)
+
+        handler.data_received = data_received  # type: ignore[method-assign]
+        return handler
+
+
+def tls_client_is_refused(address, watched: WatchedChat | None = None) -> None:
+    hello = client_hello()
+    with connect(address) as sock:
+        if watched is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.sendall(hello[:1])
+            # The server has read and handled the 0x16 alone before the rest is sent
+            # (the other reads are the room member's commands).
+            while watched.handled.get(timeout=5) != hello[:1]:
+                pass
+            sock.sendall(hello[1:])
+        else:
+            sock.sendall(hello)
+        assert read_to_eof(sock) == TLS_REFUSAL  # no greeting, no history, no event
+
+
+@pytest.mark.parametrize("split", [False, True], ids=["one-write", "0x16-alone-first"])
+def test_a_tls_client_gets_only_the_error_and_the_room_never_sees_it(serve, split):
+    chat = WatchedChat()
+    server = serve(chat)
+    member = Person(server.address, "ana")  # greeted, joined general, and named
+    tls_client_is_refused(server.address, chat if split else None)
+    # The member's next reply comes after anything the refused client caused: no join.
+    member.send("/ping")
+    assert member.until("pong") == ["pong"]
+    member.send("/who")
+    assert member.line() == "general: ana"
+    member.close()
+
+
+def test_a_tls_client_never_starts_a_session(serve):
+    service = MessageService()
+    started = []
+    service.on_start = started.append  # type: ignore[method-assign]
+    server = serve(service)
+    tls_client_is_refused(server.address)
+    client = Framed(server.address)
+    assert client.ask("/ping") == b"pong"  # the server goes on serving everyone else
+    client.close()
+    assert len(started) == 1 and started[0].kind == "framed"

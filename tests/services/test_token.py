@@ -4,6 +4,7 @@ refused client never reaches the wrapped service."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 
 import pytest
@@ -17,6 +18,7 @@ from enlace.services.base import StreamHandler, StreamService
 from enlace.services.message import MessageService
 from enlace.services.token import TokenService
 from tests.conftest import connect, read_exactly, read_to_eof
+from tests.services.test_message import TLS_REFUSAL, client_hello
 
 SECRET = "s3cret"
 
@@ -144,3 +146,42 @@ def test_per_ip_cap_refuses_like_the_global_cap(serve):
     with connect(server.address) as third:
         third.sendall(b"/ping\n")
         assert read_exactly(third, 5) == b"pong\n"
+
+
+# -- keep-alives before the token, and a TLS client at the gate ------------------------------
+
+
+@pytest.mark.parametrize(
+    ("keep_alive", "token", "request_", "expected"),
+    [
+        (
+            b"\x00\x00\x00\x00",
+            b"\x00\x00\x00\x0d/token s3cret",
+            b"\x00\x00\x00\x0b/upper hola",
+            b"\x00\x00\x00\x0etoken accepted\x00\x00\x00\x04HOLA",
+        ),
+        (b"\n", b"/token s3cret\n", b"/upper hola\n", b"token accepted\nHOLA\n"),
+        (b"\r\n", b"/token s3cret\r\n", b"/upper hola\r\n", b"token accepted\nHOLA\n"),
+    ],
+    ids=["framed", "line", "crlf"],
+)
+def test_keep_alives_before_the_token_get_no_reply_and_do_not_count(
+    serve, keep_alive, token, request_, expected
+):
+    counting = Counting()
+    server = serve(TokenService(counting, SECRET, fail_delay=0.2))
+    with connect(server.address) as sock:
+        sock.sendall(keep_alive)
+        sock.sendall(keep_alive + token + request_)
+        sock.shutdown(socket.SHUT_WR)
+        assert read_to_eof(sock) == expected  # nothing for the keep-alives, no token_required
+    assert counting.handlers == 1
+
+
+def test_a_tls_client_at_the_gate_is_told_so(serve):
+    counting = Counting()
+    server = serve(TokenService(counting, SECRET, fail_delay=0.1))
+    with connect(server.address) as sock:
+        sock.sendall(client_hello())
+        assert read_to_eof(sock) == TLS_REFUSAL
+    assert counting.handlers == 0

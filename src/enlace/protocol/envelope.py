@@ -273,7 +273,9 @@ class ServerConnection:
     """One client's protocol state on the server side. Bytes in, requests out.
 
     The first byte decides the kind: ``0x00`` (every frame under 16 MiB starts
-    with it) means length-prefixed frames, anything else text lines.
+    with it) means length-prefixed frames, anything else text lines; but
+    ``0x16`` waits for the second byte, as ``16 03`` is a TLS ClientHello,
+    which is refused.
     """
 
     def __init__(
@@ -293,21 +295,41 @@ class ServerConnection:
         self._max_json_depth = max_json_depth
         self._decoder: LengthPrefixDecoder | DelimiterDecoder | None = None
         self._tls_hello = False  # the first bytes were a TLS ClientHello: refuse them
+        self._tls_answered = False
+        # A first byte 0x16 waits here for the second: TCP may cut a ClientHello after it.
+        self._held = b""
         #: Called with ``("in" | "out", payload)`` for every payload, for ``--trace``.
         self.trace: Callable[[str, bytes], None] | None = None
 
+    @property
+    def tls_hello(self) -> bool:
+        """The client's first bytes were a TLS ClientHello: it is only to be refused.
+
+        :meth:`receive` answers it with one fatal ``tls_not_supported``; a server
+        checks this after :meth:`detect` so as never to greet such a client.
+        """
+        return self._tls_hello
+
     def detect(self, data: bytes) -> bool:
-        """Decide the client's kind from its first byte; return True once it is known.
+        """Decide the client's kind from its first bytes; return True once it is known.
 
         :meth:`receive` does this itself; a server calls it first when it wants
-        to greet the client before serving what the same bytes ask for.
+        to greet the client before serving what the same bytes ask for, then
+        passes the same ``data`` to :meth:`receive`. A first byte ``0x16`` alone
+        is not enough (a TLS ClientHello starts ``16 03``): it is kept, the
+        result is False, and the caller passes only *new* bytes from then on;
+        :meth:`receive` serves the kept byte with them.
         """
         if self._decoder is None and data:
-            if data[0] == 0:
+            first = self._held + data if self._held else data
+            if first[0] == 0:
                 self.kind, self._decoder = "framed", LengthPrefixDecoder(max_size=self.max_frame)
+            elif first[0] == 0x16 and len(first) < 2:
+                self._held = first  # one byte, at most: a second one always decides
+                return False
             else:
                 self.kind, self._decoder = "lines", DelimiterDecoder(max_size=self._max_line)
-                self._tls_hello = _is_tls_hello(data)
+                self._tls_hello = _is_tls_hello(first)
         return self._decoder is not None
 
     def receive(self, data: bytes) -> list[Request | BadRequest]:
@@ -317,10 +339,14 @@ class ServerConnection:
         if self._tls_hello:
             # A TLS client on this plain port: answering in clear text makes its
             # handshake fail at once (not after its handshake timeout) and tells
-            # whoever reads the bytes what went wrong.
-            self._tls_hello = False
+            # whoever reads the bytes what went wrong. Nothing it sends is served.
+            if self._tls_answered:
+                return []
+            self._tls_answered = True
             return [BadRequest("tls_not_supported", _TLS_HELLO_MESSAGE, "text", fatal=True)]
         assert self._decoder is not None
+        if self._held:
+            data, self._held = self._held + data, b""
         try:
             payloads = self._decoder.feed(data)
         except RemoteProtocolError as exc:

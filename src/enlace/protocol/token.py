@@ -1,7 +1,8 @@
 """The token step of a message server started with ``--token``: sans-I/O.
 
-A client's first payload must be the ``/token SECRET`` command, as a text line,
-as a frame, or as the same command in JSON
+A client's first non-empty payload (keep-alives before it are dropped) must
+be the ``/token SECRET`` command, as a text line, as a frame, or as the same
+command in JSON
 (``{"id": 1, "cmd": "token", "args": ["SECRET"]}``); it is the protocol's own
 command syntax, so ``nc`` users type it and JSON clients get an id'ed reply.
 :class:`TokenGate` holds the bytes until that first payload is complete
@@ -57,20 +58,41 @@ class TokenGate:
         self.verdict: Verdict | None = None
 
     def receive(self, data: bytes) -> Verdict | None:
-        """Feed the client's bytes; return the verdict once the first payload is complete."""
+        """Feed the client's bytes; return the verdict once the first payload is complete.
+
+        Keep-alives (empty payloads) before it are dropped, as everywhere: the
+        token is the first *non-empty* payload.
+        """
         if self.verdict is not None:
             return self.verdict
         self._buffer += data
         wire = self._wire
-        if not wire.detect(bytes(self._buffer[:1])):
-            return None
+        if wire.kind == "unknown" and not wire.detect(data):
+            return None  # nothing yet, or a lone 0x16 that the next byte explains
+        if wire.tls_hello:
+            # The message server's own answer (from the same code), not token_required.
+            refusal = wire.receive(b"")[0]
+            assert isinstance(refusal, BadRequest)
+            return self._refuse(refusal, refusal.code, refusal.message, "TLS ClientHello")
+        while True:
+            cut = self._first_payload()
+            if cut is None:
+                return self.verdict  # more bytes needed, or refused as too long
+            payload, rest = cut
+            if payload:
+                return self._check(payload, rest)
+            del self._buffer[: len(self._buffer) - len(rest)]  # a keep-alive: no reply
+
+    def _first_payload(self) -> tuple[bytes, bytes] | None:
+        """The buffer's first payload and what follows it, or None if it is not whole."""
         limit = self.max_token
-        if wire.kind == "framed":
+        if self._wire.kind == "framed":
             if len(self._buffer) < _HEADER:
                 return None
             size = int.from_bytes(self._buffer[:_HEADER], "big")
             if limit is not None and size > limit:
-                return self._refuse(None, "token_too_long", f"the first frame is over {limit} B")
+                self._refuse(None, "token_too_long", f"the first frame is over {limit} B")
+                return None
             if len(self._buffer) < _HEADER + size:
                 return None
             payload, rest = self._buffer[_HEADER : _HEADER + size], self._buffer[_HEADER + size :]
@@ -78,10 +100,10 @@ class TokenGate:
             end = self._buffer.find(b"\n", 0, None if limit is None else limit + 2)
             if end == -1:
                 if limit is not None and len(self._buffer) > limit + 1:
-                    return self._refuse(None, "token_too_long", f"the first line is over {limit} B")
+                    self._refuse(None, "token_too_long", f"the first line is over {limit} B")
                 return None
             payload, rest = self._buffer[:end].rstrip(b"\r"), self._buffer[end + 1 :]
-        return self._check(bytes(payload), bytes(rest))
+        return bytes(payload), bytes(rest)
 
     def _check(self, payload: bytes, rest: bytes) -> Verdict:
         request = parse_payload(payload, max_json=self.max_token)

@@ -63,6 +63,9 @@ class Session:
         self._transport = transport
         self._protocol = protocol
         self.close_after_reply = False
+        # Set (once, before on_start) when the client's kind is known and it is served:
+        # a refused TLS client never gets an event, even one pushed from another thread.
+        self.started = False
 
     @property
     def form(self) -> str:
@@ -75,8 +78,12 @@ class Session:
         return self._protocol.kind
 
     def push(self, event: dict[str, Any]) -> None:
-        """Send an event to this client, in the form of its latest request. Any thread."""
-        if self._protocol.kind != "unknown":
+        """Send an event to this client, in the form of its latest request. Any thread.
+
+        Before the session has started (its first byte is not in yet), or on a
+        connection that is only refused (a TLS ClientHello), the event is dropped.
+        """
+        if self.started:
             self._transport.write(self._protocol.event(event))
 
     def close(self) -> None:
@@ -118,8 +125,10 @@ class _MessageHandler(StreamHandler):
         if protocol.kind == "unknown":
             if not protocol.detect(data):
                 return
-            # Greet before serving the first requests, in text form, however TCP cut them.
-            self._service.on_start(self.session)
+            if not protocol.tls_hello:  # a TLS client is only told so, never served
+                # Greet before serving the first requests, in text form, however TCP cut them.
+                self.session.started = True
+                self._service.on_start(self.session)
         commands = protocol.receive_text_commands(data)
         if commands is None:
             for item in protocol.receive(data):
