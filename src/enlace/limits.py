@@ -265,7 +265,7 @@ TLS_HANDSHAKE_TIMEOUT = 10.0
 # one host alone cannot take every slot of the server (MAX_CONNECTIONS).
 MAX_PER_IP = 64
 
-# The first line or frame of a client of a server with --token: "/token SECRET", or
+# The first non-empty line or frame of a client of a server with --token: "/token SECRET", or
 # the same as a JSON request. 1 KiB holds any real secret; it also bounds what a
 # client that has not proven anything yet can make the server hold.
 MAX_TOKEN = 1024
