@@ -18,10 +18,10 @@ import java.util.Map;
  *   <li>numbers become {@link Number}, which keeps the digits as written, so that a request id
  *       like {@code 12345678901234567890} keeps all its digits; a number too large for a
  *       {@code double} ({@code 1e400}) is refused, as enlace refuses it;
- *   <li>nesting deeper than {@value #MAX_DEPTH} levels is refused with {@link TooDeep}, once
- *       the whole text has parsed (so a syntax error is reported first, as enlace does), and at
- *       once past {@value #STACK_DEPTH} levels, so a hostile {@code [[[[...]]]]} cannot overflow
- *       the thread's stack;
+ *   <li>nesting deeper than {@value #MAX_DEPTH} levels is refused with {@link TooDeep} before
+ *       any parsing, counted as enlace counts it (docs/protocol.md section 4.3): each {@code [}
+ *       or {@code \{} outside a string opens a level, each {@code ]} or {@code \}} closes one,
+ *       valid JSON or not; so a hostile {@code [[[[...]]]]} never reaches the parser's stack;
  *   <li>{@code NaN}, {@code Infinity}, comments, trailing commas and single quotes are refused;
  *   <li>a {@code \\uXXXX} escape of half a surrogate pair must be followed by the other half
  *       (that is how JSON writes characters outside the Basic Multilingual Plane, such as emoji);
@@ -69,6 +69,9 @@ final class Json {
 
     /** Parses one complete JSON text; anything but whitespace after the value is an error. */
     static Object parse(String text) throws ParseException {
+        if (bracketDepthExceeds(text, MAX_DEPTH)) {
+            throw new TooDeep(0);
+        }
         Json.Reader reader = new Json.Reader(text);
         Object value = reader.value(0);
         reader.skipWhitespace();
@@ -79,6 +82,34 @@ final class Json {
             throw new TooDeep(0);
         }
         return value;
+    }
+
+    /** Whether brackets outside strings nest deeper than {@code limit}, valid JSON or not. */
+    static boolean bracketDepthExceeds(String text, int limit) {
+        int depth = 0;
+        boolean inString = false;
+        boolean escaped = false;
+        for (int i = 0; i < text.length(); i++) {
+            char c = text.charAt(i);
+            if (inString) {
+                if (escaped) {
+                    escaped = false;
+                } else if (c == '\\') {
+                    escaped = true;
+                } else if (c == '"') {
+                    inString = false;
+                }
+            } else if (c == '"') {
+                inString = true;
+            } else if (c == '[' || c == '{') {
+                if (++depth > limit) {
+                    return true;
+                }
+            } else if ((c == ']' || c == '}') && depth > 0) {
+                depth--;
+            }
+        }
+        return false;
     }
 
     /** A recursive-descent parser: one method per kind of value, reading from {@code pos}. */

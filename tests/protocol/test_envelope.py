@@ -330,6 +330,12 @@ def test_brackets_in_strings_with_escapes_are_not_nesting() -> None:
     result = parse_payload(after)
     assert isinstance(result, BadRequest)
     assert result.code == "json_too_deep"
+    unterminated = parse_payload(b'{"cmd":"x","a":"' + b"[" * 40)  # a string to the end
+    assert isinstance(unterminated, BadRequest)
+    assert unterminated.code == "invalid_json"
+    lone = parse_payload(b'{"a":"' + b"[" * 40 + b"\\")  # a lone \ at the end, in the string
+    assert isinstance(lone, BadRequest)
+    assert lone.code == "invalid_json"
 
 
 @pytest.mark.parametrize(

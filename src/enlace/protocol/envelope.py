@@ -132,9 +132,9 @@ def _check_depth(raw: bytes, max_depth: int) -> None:
         raise JsonTooDeep(f"JSON nested deeper than {max_depth} levels")
 
 
-# A whole JSON string, escapes included (unrolled, so that long strings match fast):
-# brackets inside one are not nesting.
-_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+# A JSON string, escapes included (unrolled, so that long strings match fast), or an
+# unterminated one to the end: brackets inside one are not nesting.
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.?[^"\\]*)*(?:"|\Z)', re.DOTALL)
 _NOT_BRACKETS = bytes(byte for byte in range(256) if byte not in b"[]{}")
 _OPENING = frozenset(b"[{")
 
