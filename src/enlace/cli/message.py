@@ -113,12 +113,24 @@ def run_shell(host: str, port: int, *, trace: bool, options: dict[str, Any] | No
     session: PromptSession[str] = PromptSession(history=history)
     closed = threading.Event()
 
+    def leave() -> None:
+        # On the prompt's loop; both on_close and pre_run may ask, so only once.
+        future = session.app.future
+        if future is not None and not future.done():
+            session.app.exit()
+
     def on_close(reason: str) -> None:
         closed.set()
         print(f"* {reason}")
         app = session.app
         if app.is_running and app.loop is not None:
-            app.loop.call_soon_threadsafe(app.exit)
+            app.loop.call_soon_threadsafe(leave)
+
+    def left_meanwhile() -> None:
+        # The server may close between the loop's check and the prompt's start, when
+        # on_close finds no prompt running to end: the prompt checks again once it runs.
+        if closed.is_set():
+            leave()
 
     tracer = tracer_for_peer((host, port)) if trace else None
     with (
@@ -135,7 +147,7 @@ def run_shell(host: str, port: int, *, trace: bool, options: dict[str, Any] | No
         print(f"connected to {host}:{port}; /help lists the commands, Ctrl-D leaves")
         while not closed.is_set():
             try:
-                line = session.prompt(f"{host}:{port}> ")
+                line = session.prompt(f"{host}:{port}> ", pre_run=left_meanwhile)
             except KeyboardInterrupt:
                 continue
             except EOFError:
