@@ -138,6 +138,18 @@ class Connection:
             with contextlib.suppress(OSError):
                 self._sock.shutdown(socket.SHUT_RD)
 
+    def abort(self) -> None:
+        """Cut the connection at once, both ways, from any thread (the end of a shutdown).
+
+        For a connection whose thread is held up in a handler, where :meth:`close`
+        would reach it only once the handler returns: its client sees the end now,
+        and what the handler writes later is dropped.
+        """
+        self._closing = True
+        self._close_requested.set()
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
+
     def pause_reading(self) -> None:
         # Nothing to do: this thread reads only between callbacks, so a handler
         # that is still busy already holds the client's next bytes back.

@@ -168,6 +168,11 @@ class Server:
                 lambda: not self._connections and not self._tls_refusals,
                 timeout=LINGER_TIMEOUT + 1.0,
             )
+            stuck = list(self._connections)
+        for connection in stuck:
+            # Held up in a handler, which no thread can interrupt: its client at least
+            # learns now that the connection is over (the asyncio runtime aborts too).
+            connection.abort()
         self._wake_r.close()
         self._wake_w.close()
         self._stopped.set()
