@@ -19,6 +19,7 @@ from enlace.services.message import MessageService
 from enlace.services.token import TokenService
 from tests.conftest import connect, read_exactly, read_to_eof
 from tests.services.test_message import TLS_REFUSAL, client_hello
+from tests.test_tls import server_ssl, tls_connect
 
 SECRET = "s3cret"
 
@@ -185,3 +186,18 @@ def test_a_tls_client_at_the_gate_is_told_so(serve):
         sock.sendall(client_hello())
         assert read_to_eof(sock) == TLS_REFUSAL
     assert counting.handlers == 0
+
+
+def test_a_tls_client_refused_at_the_gate_is_closed_after_the_delay(serve):
+    # The refusal pauses reading; a TLS transport closes only once it has read the
+    # client's close_notify or its FIN, so reading must come back on for the close,
+    # or the connection stays until the server's shutdown gives up on it.
+    server = serve(TokenService(Counting(), SECRET, fail_delay=0.2), ssl=server_ssl())
+    with tls_connect(server.address) as tls:
+        tls.sendall(b"/token nope\n")
+        assert read_exactly(tls, len(b"ERR bad_token: wrong token\n")).startswith(b"ERR bad")
+    # Closed without close_notify, as `enlace send` and many clients leave: the FIN.
+    deadline = time.monotonic() + 3
+    while server.connection_count:
+        assert time.monotonic() < deadline, "the refused TLS connection was never closed"
+        time.sleep(0.01)

@@ -346,6 +346,9 @@ class Connection(asyncio.BaseProtocol):
         if self._reason == "closed by client":
             self._reason = "done" if self._eof else "closed by server"
         if self._eof or not transport.can_write_eof():
+            # A TLS transport's close() waits for the client's close_notify, which it
+            # can only read while reading is on (it may be paused, for a refusal say).
+            transport.resume_reading()
             transport.close()
             return
         # Lingering close: send our FIN after the pending replies, keep reading
