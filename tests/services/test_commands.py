@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from enlace.exceptions import EnlaceError
+from enlace.protocol.envelope import JsonRequest, TextCommand, parse_payload
 from enlace.services.commands import Command, CommandError, CommandSet, Context
 
 # ------------------------------------------------------------------------------------ registration
@@ -297,9 +298,12 @@ def test_text_command_without_parameters() -> None:
 
 
 def test_text_whitespace_only_is_refused_without_parameters() -> None:
-    # A JSON "line" is not stripped: only whitespace is still not empty (protocol.md 5.1).
+    # Text given as it is; on the wire a rest or a JSON "line" is stripped before it
+    # gets here (protocol.md 5.1), so `/ping   ` answers pong.
     with pytest.raises(CommandError, match="/ping takes no arguments"):
         make(lambda: None, "ping").arguments_from_text("   ")
+    assert parse_payload(b'{"cmd":"ping","line":"   "}') == JsonRequest(None, "ping", [], "")
+    assert parse_payload(b"/ping   ") == TextCommand("ping", "")
 
 
 def test_text_whitespace_only_gives_no_words() -> None:
