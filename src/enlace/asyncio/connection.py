@@ -345,9 +345,12 @@ class Connection(asyncio.BaseProtocol):
             return
         if self._reason == "closed by client":
             self._reason = "done" if self._eof else "closed by server"
-        if self._eof or not transport.can_write_eof():
-            # A TLS transport's close() waits for the client's close_notify, which it
-            # can only read while reading is on (it may be paused, for a refusal say).
+        if self._eof:
+            transport.close()
+            return
+        if not transport.can_write_eof():
+            # TLS: close() sends close_notify and waits for the client's, or its FIN,
+            # which the transport reads only while reading is on (a refusal pauses it).
             transport.resume_reading()
             transport.close()
             return

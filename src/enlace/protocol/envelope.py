@@ -47,6 +47,7 @@ __all__ = [
     "parse_payload",
     "render_event",
     "render_result",
+    "tls_hello_refusal",
 ]
 
 Kind = Literal["unknown", "framed", "lines"]
@@ -260,7 +261,15 @@ def render_event(event: dict[str, Any]) -> str:
 # Replies to text commands depend on nothing else about the request.
 _A_TEXT_COMMAND = TextCommand("", "")
 
-_TLS_HELLO_MESSAGE = "this port speaks plain TCP, not TLS: connect without --tls"
+
+def tls_hello_refusal() -> BadRequest:
+    """What a TLS client on a plain port is told (in clear text, so its handshake fails at once)."""
+    return BadRequest(
+        "tls_not_supported",
+        "this port speaks plain TCP, not TLS: connect without --tls",
+        "text",
+        fatal=True,
+    )
 
 
 def _is_tls_hello(data: bytes) -> bool:
@@ -343,7 +352,7 @@ class ServerConnection:
             if self._tls_answered:
                 return []
             self._tls_answered = True
-            return [BadRequest("tls_not_supported", _TLS_HELLO_MESSAGE, "text", fatal=True)]
+            return [tls_hello_refusal()]
         assert self._decoder is not None
         if self._held:
             data, self._held = self._held + data, b""

@@ -23,6 +23,7 @@ from enlace.protocol.envelope import (
     ServerConnection,
     TextCommand,
     parse_payload,
+    tls_hello_refusal,
 )
 
 __all__ = ["TokenGate", "Verdict"]
@@ -70,9 +71,8 @@ class TokenGate:
         if wire.kind == "unknown" and not wire.detect(data):
             return None  # nothing yet, or a lone 0x16 that the next byte explains
         if wire.tls_hello:
-            # The message server's own answer (from the same code), not token_required.
-            refusal = wire.receive(b"")[0]
-            assert isinstance(refusal, BadRequest)
+            # The message server's own answer, not token_required.
+            refusal = tls_hello_refusal()
             return self._refuse(refusal, refusal.code, refusal.message, "TLS ClientHello")
         while True:
             cut = self._first_payload()

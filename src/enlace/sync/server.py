@@ -295,7 +295,7 @@ class Server:
         # a short-lived thread, at most MAX_LINGERING_REFUSALS at once (past that,
         # a plain close), so a flood cannot make threads without bound.
         with self._idle:
-            if self._closing or len(self._tls_refusals) >= MAX_LINGERING_REFUSALS:
+            if len(self._tls_refusals) >= MAX_LINGERING_REFUSALS:
                 sock.close()
                 return
             self._tls_refusals.add(sock)
