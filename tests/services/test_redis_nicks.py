@@ -43,6 +43,21 @@ def owner_of(server, nick: str) -> bytes | None:
         return client.get(f"enlace:nick:{nick}")
 
 
+def renamed_then_ana_taken_elsewhere(start, redis, **options):
+    """ana (carla beside her) was granted /nick anita, not yet given up on; then a
+    living server elsewhere took the name ana, which that rename had freed."""
+    a = start(**options)
+    ana, carla = join(a, "ana"), join(a, "carla")
+    (hub,) = start.hubs
+    session = hub.local.holder("ana")
+    answer = hub.rename(session, "anita")
+    assert answer.result(5) == "ana"
+    with redis.client() as other:
+        other.set("enlace:server:other", "1", px=60_000)
+        other.set("enlace:nick:ana", "other\t1\tana")
+    return ana, carla, session, answer
+
+
 @pytest.mark.parametrize("ahead", ["nothing", "a line"])
 def test_a_nick_change_answered_hub_timeout_does_not_happen(
     chat_on,  # noqa: F811
@@ -107,15 +122,7 @@ def test_if_the_old_nick_went_meanwhile_the_new_one_stays_and_the_room_is_told(
     chat_on,  # noqa: F811
     redis_server,  # noqa: F811
 ):
-    a = chat_on()
-    ana, carla = join(a, "ana"), join(a, "carla")
-    (hub,) = chat_on.hubs
-    session = hub.local.holder("ana")
-    answer = hub.rename(session, "anita")
-    assert answer.result(5) == "ana"
-    with redis_server.client() as other:  # a living server elsewhere takes the free name
-        other.set("enlace:server:other", "1", px=60_000)
-        other.set("enlace:nick:ana", "other\t1\tana")
+    ana, carla, session, answer = renamed_then_ana_taken_elsewhere(chat_on, redis_server)
     answer.cancel()
     assert ana.until("went through")[-1] == (
         "* your /nick anita went through after all (ana was taken meanwhile): you are anita now"
@@ -167,21 +174,16 @@ def test_if_both_names_went_meanwhile_the_asker_becomes_a_guest_and_is_told_why(
     # Given up on after Redis granted it: ana is ana again here at once, and anita free
     # here, so carla may ask for it before the take-back reaches Redis (paused for
     # writes); meanwhile a server elsewhere took ana. Neither name is left for her.
-    a = chat_on(hub=PATIENT)
-    ana, carla = join(a, "ana"), join(a, "carla")
-    (hub,) = chat_on.hubs
-    session = hub.local.holder("ana")
-    answer = hub.rename(session, "anita")
-    assert answer.result(5) == "ana"
-    with redis_server.client() as other:
-        other.set("enlace:server:other", "1", px=60_000)
-        other.set("enlace:nick:ana", "other\t1\tana")
+    ana, carla, session, answer = renamed_then_ana_taken_elsewhere(
+        chat_on, redis_server, hub=PATIENT
+    )
     admin = redis_server.client()
     admin.execute_command("CLIENT", "PAUSE", "4000", "WRITE")
     try:
         answer.cancel()
         assert session.data["nick"] == "ana"
         carla.send("/nick anita")
+        (hub,) = chat_on.hubs
         wait_for(lambda: hub.local.holder("anita") is not None)  # held here for carla
     finally:
         admin.execute_command("CLIENT", "UNPAUSE")
@@ -211,15 +213,9 @@ def test_an_asker_who_leaves_while_the_take_back_runs_holds_neither_name(
     # The take-back is in Redis (paused for writes) when ana leaves; a server elsewhere
     # took ana meanwhile, so the take-back fails and would keep anita for her: it must
     # not, here or in Redis, since her departure no longer knows of that name.
-    a = chat_on(hub=PATIENT)
-    ana, carla = join(a, "ana"), join(a, "carla")
-    (hub,) = chat_on.hubs
-    session = hub.local.holder("ana")
-    answer = hub.rename(session, "anita")
-    assert answer.result(5) == "ana"
-    with redis_server.client() as other:
-        other.set("enlace:server:other", "1", px=60_000)
-        other.set("enlace:nick:ana", "other\t1\tana")
+    ana, carla, session, answer = renamed_then_ana_taken_elsewhere(
+        chat_on, redis_server, hub=PATIENT
+    )
     admin = redis_server.client()
     admin.execute_command("CLIENT", "PAUSE", "4000", "WRITE")
     try:
