@@ -9,8 +9,10 @@ which is how one behaviour suite covers both.
 from __future__ import annotations
 
 import asyncio
+import select
 import socket
 import threading
+import time
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
@@ -20,6 +22,7 @@ import enlace.asyncio
 import enlace.protocol.envelope
 import enlace.services.classic
 import enlace.sync
+from enlace.limits import LINGER_BYTES, LINGER_TIMEOUT
 from enlace.protocol import fastpath as _fastpath
 from enlace.services import DatagramService, StreamService
 
@@ -146,3 +149,28 @@ def read_exactly(sock: socket.socket, size: int) -> bytes:
         assert chunk, f"the server closed after {len(data)} of {size} bytes"
         data += chunk
     return bytes(data)
+
+
+def assert_flood_is_cut(send: Callable[[bytes], object]) -> None:
+    """A client the server lingers on, sending without end, is cut past LINGER_BYTES.
+
+    The cut is a reset (not a send timeout) well before LINGER_TIMEOUT.
+    """
+    started = time.monotonic()
+    chunk = b"x" * 64 * 1024
+    with pytest.raises(OSError) as cut:
+        for _ in range(8 * LINGER_BYTES // len(chunk)):
+            send(chunk)
+    assert not isinstance(cut.value, TimeoutError)
+    assert time.monotonic() - started < LINGER_TIMEOUT / 2
+
+
+def reset_within(sock: socket.socket, seconds: float) -> bool:
+    """Whether a byte sent to ``sock``'s peer is answered with a reset within ``seconds``.
+
+    A peer that still reads (lingers) takes the byte; one that closed resets the connection.
+    """
+    sock.send(b"x")
+    poller = select.poll()
+    poller.register(sock, select.POLLERR | select.POLLHUP)  # a reset: both directions gone
+    return bool(poller.poll(seconds * 1000))

@@ -6,7 +6,6 @@ Runs once per runtime (``enlace.sync.Server`` and ``enlace.asyncio.Server``).
 from __future__ import annotations
 
 import contextlib
-import select
 import selectors
 import socket
 import threading
@@ -14,9 +13,15 @@ import time
 
 import pytest
 
-from enlace.limits import LINGER_BYTES, LINGER_TIMEOUT, MAX_LINGERING_REFUSALS
+from enlace.limits import LINGER_TIMEOUT, MAX_LINGERING_REFUSALS
 from enlace.services import EchoService, StreamHandler, StreamService
-from tests.conftest import connect, read_exactly, read_to_eof
+from tests.conftest import (
+    assert_flood_is_cut,
+    connect,
+    read_exactly,
+    read_to_eof,
+    reset_within,
+)
 
 
 def echo_once(sock: socket.socket, data: bytes = b"ping") -> None:
@@ -72,17 +77,6 @@ def test_a_refused_client_that_already_sent_data_still_reads_the_refusal(serve):
             assert read_to_eof(second).startswith(b"ERR busy")
 
 
-def _reset_within(sock: socket.socket, seconds: float) -> bool:
-    """Whether a byte sent to ``sock``'s peer is answered with a reset within ``seconds``.
-
-    A peer that still reads (lingers) takes the byte; one that closed resets the connection.
-    """
-    sock.send(b"x")
-    poller = select.poll()
-    poller.register(sock, select.POLLERR | select.POLLHUP)  # a reset: both directions gone
-    return bool(poller.poll(seconds * 1000))
-
-
 def test_refused_clients_lingering_at_once_are_bounded(serve):
     # A flood of refused clients that never close: MAX_LINGERING_REFUSALS of them linger
     # (the server keeps reading, so their late bytes cause no reset); past that, the
@@ -95,8 +89,8 @@ def test_refused_clients_lingering_at_once_are_bounded(serve):
         ]
         for sock in refused:
             assert read_to_eof(sock).startswith(b"ERR busy")  # the refusal, then our FIN
-        assert _reset_within(refused[-1], LINGER_TIMEOUT / 2)
-        assert not _reset_within(refused[0], 0.05)  # still lingering
+        assert reset_within(refused[-1], LINGER_TIMEOUT / 2)
+        assert not reset_within(refused[0], 0.05)  # still lingering
         echo_once(first)
 
 
@@ -106,13 +100,7 @@ def test_a_refused_client_that_keeps_sending_is_cut_after_linger_bytes(serve):
     server = serve(EchoService(), max_connections=1)
     with connect(server.address) as first, connect(server.address) as flood:
         echo_once(first)
-        started = time.monotonic()
-        chunk = b"x" * 64 * 1024
-        with pytest.raises(OSError) as cut:
-            for _ in range(8 * LINGER_BYTES // len(chunk)):
-                flood.sendall(chunk)
-        assert not isinstance(cut.value, TimeoutError)
-        assert time.monotonic() - started < LINGER_TIMEOUT / 2
+        assert_flood_is_cut(flood.sendall)
         echo_once(first)
 
 
